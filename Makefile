@@ -1,0 +1,54 @@
+# ubm: `make demo` and `make test` are all a fresh clone needs. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+REPOSITORY ?= model_repository
+RUN_DIR ?= .run
+export UBM_GRPC_PORT ?= 8001
+export UBM_HTTP_PORT ?= 8000
+export UBM_METRICS_PORT ?= 8002
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint model serve stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: sdk/pyproject.toml build/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e ./sdk -e ./build
+	touch $@
+
+install: $(BIN)/.installed ## create .venv with the SDK, the build tooling and the test tools
+
+model: $(BIN)/.installed ## data -> train -> export -> model repository (PROFILE=quick|full)
+	$(BIN)/ubm-build model --profile $(PROFILE) --repository $(REPOSITORY)
+
+serve: $(BIN)/.installed ## start Triton in the background on $(REPOSITORY), wait until ready
+	$(BIN)/ubm-build serve --repository $(REPOSITORY) --run-dir $(RUN_DIR) --detach
+
+stop: $(BIN)/.installed ## stop the server started by `make serve`
+	$(BIN)/ubm-build stop --run-dir $(RUN_DIR)
+
+demo: model ## build the quick model, serve it, score examples/sessions.jsonl, stop
+	$(BIN)/ubm-build serve --repository $(REPOSITORY) --run-dir $(RUN_DIR) --detach
+	status=0; \
+	$(BIN)/ubm-client score examples/sessions.jsonl --url localhost:$(UBM_GRPC_PORT) \
+		-o $(RUN_DIR)/demo_scores.jsonl || status=$$?; \
+	echo "first scored records ($(RUN_DIR)/demo_scores.jsonl):"; head -n 5 $(RUN_DIR)/demo_scores.jsonl; \
+	$(BIN)/ubm-build stop --run-dir $(RUN_DIR); exit $$status
+
+test: $(BIN)/.installed ## unit and integration tests (starts real tritonservers)
+	$(BIN)/ruff check sdk build tests loadtest
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed ## ruff
+	$(BIN)/ruff check sdk build tests loadtest
+	$(BIN)/ruff format --check sdk build tests loadtest
+
+clean: ## remove generated files (keeps .venv)
+	rm -rf artifacts $(RUN_DIR) reports/quick
+	find $(REPOSITORY) -mindepth 1 -not -name README.md -delete

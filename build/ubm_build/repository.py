@@ -1,0 +1,165 @@
+"""Write the Triton model repository: ensemble `ubm` = preprocess -> encoder -> head.
+
+Configs are built as dicts, validated by parsing them into Triton's protobuf `ModelConfig`, and
+written with protobuf's text format, so a typo in a field name fails the build, not the server.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+import ubm.contract
+import ubm.records
+from ubm import contract
+from ubm_build import behaviour_text
+
+TRITON_MODELS = Path(__file__).with_name("triton_models")
+MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
+
+
+class Target(enum.Enum):
+    """Where the encoder and head run."""
+
+    CPU_PYTHON = "cpu"
+    """ONNX Runtime inside python-backend models: runs on the pip-installed tritonserver."""
+    ONNXRUNTIME = "onnxruntime"
+    """Triton's native onnxruntime backend (NGC containers)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepositorySpec:
+    max_length: int
+    hidden_size: int
+    target: Target = Target.CPU_PYTHON
+    max_batch_size: int = contract.MAX_BATCH_SIZE
+    encoder_instances: int = 1
+    encoder_threads: int = 0
+    """ONNX Runtime intra-op threads for the encoder; 0 lets ONNX Runtime use every core."""
+    max_queue_delay_us: int = 2000
+
+
+def _tensor(name: str, data_type: str, dims: list[int], **extra) -> dict:
+    return {"name": name, "data_type": data_type, "dims": dims, **extra}
+
+
+def _onnx_model(
+    name: str,
+    spec: RepositorySpec,
+    inputs: list[dict],
+    outputs: list[dict],
+    instances: int,
+    threads: int,
+) -> dict:
+    config = {
+        "name": name,
+        "max_batch_size": spec.max_batch_size,
+        "input": inputs,
+        "output": outputs,
+        "instance_group": [{"kind": "KIND_CPU", "count": instances}],
+        "dynamic_batching": {"max_queue_delay_microseconds": spec.max_queue_delay_us},
+    }
+    if spec.target is Target.CPU_PYTHON:
+        config["backend"] = "python"
+        config["parameters"] = {"intra_op_threads": {"string_value": str(threads)}}
+    else:
+        config["platform"] = "onnxruntime_onnx"
+        config["parameters"] = {
+            "intra_op_thread_count": {"string_value": str(threads)},
+            "inter_op_thread_count": {"string_value": "1"},
+        }
+    return config
+
+
+def model_configs(spec: RepositorySpec) -> dict[str, dict]:
+    """The four model configs as plain dicts, keyed by model name."""
+    ragged = {"allow_ragged_batch": True}
+    token_inputs = [
+        _tensor(contract.INPUT_IDS, "TYPE_INT64", [-1], **ragged),
+        _tensor(contract.ATTENTION_MASK, "TYPE_INT64", [-1], **ragged),
+    ]
+    token_outputs = [
+        _tensor(contract.INPUT_IDS, "TYPE_INT64", [-1]),
+        _tensor(contract.ATTENTION_MASK, "TYPE_INT64", [-1]),
+    ]
+    records = _tensor(contract.RECORDS, "TYPE_STRING", [1])
+    embedding = _tensor(contract.EMBEDDING, "TYPE_FP32", [spec.hidden_size])
+    probability = _tensor(contract.PURCHASE_PROBABILITY, "TYPE_FP32", [1])
+
+    def step(model: str, names_in: list[str], names_out: list[str]) -> dict:
+        return {
+            "model_name": model,
+            "model_version": -1,
+            "input_map": {n: n for n in names_in},
+            "output_map": {n: n for n in names_out},
+        }
+
+    tokens = [contract.INPUT_IDS, contract.ATTENTION_MASK]
+    return {
+        contract.ENSEMBLE: {
+            "name": contract.ENSEMBLE,
+            "platform": "ensemble",
+            "max_batch_size": spec.max_batch_size,
+            "input": [records],
+            "output": [probability, embedding],
+            "ensemble_scheduling": {
+                "step": [
+                    step(contract.PREPROCESS, [contract.RECORDS], tokens),
+                    step(contract.ENCODER, tokens, [contract.EMBEDDING]),
+                    step(contract.HEAD, [contract.EMBEDDING], [contract.PURCHASE_PROBABILITY]),
+                ]
+            },
+        },
+        contract.PREPROCESS: {
+            "name": contract.PREPROCESS,
+            "backend": "python",
+            "max_batch_size": spec.max_batch_size,
+            "input": [records],
+            "output": token_outputs,
+            "instance_group": [{"kind": "KIND_CPU", "count": 1}],
+            "dynamic_batching": {"max_queue_delay_microseconds": 0},
+            "parameters": {"max_length": {"string_value": str(spec.max_length)}},
+        },
+        contract.ENCODER: _onnx_model(
+            contract.ENCODER,
+            spec,
+            token_inputs,
+            [embedding],
+            spec.encoder_instances,
+            spec.encoder_threads,
+        ),
+        contract.HEAD: _onnx_model(contract.HEAD, spec, [embedding], [probability], 1, 1),
+    }
+
+
+def to_pbtxt(config: dict) -> str:
+    """Validate `config` against Triton's ModelConfig schema and render it as config.pbtxt."""
+    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    return text_format.MessageToString(message)
+
+
+def write_repository(
+    out: Path, spec: RepositorySpec, *, tokenizer_json: Path, encoder_onnx: Path, head_onnx: Path
+) -> Path:
+    """(Re)write the four models under `out`; other entries of `out` are left alone."""
+    for name, config in model_configs(spec).items():
+        model_dir = out / name
+        shutil.rmtree(model_dir, ignore_errors=True)
+        (model_dir / "1").mkdir(parents=True)
+        (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+
+    preprocess = out / contract.PREPROCESS / "1"
+    shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
+    for module in (ubm.records, ubm.contract, behaviour_text):
+        shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
+    shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
+    for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
+        if spec.target is Target.CPU_PYTHON:
+            shutil.copy2(TRITON_MODELS / "onnx_model.py", out / name / "1" / "model.py")
+        shutil.copy2(onnx, out / name / "1" / "model.onnx")
+    return out

@@ -1,0 +1,26 @@
+"""Names shared by the build, the SDK and the tests: models, tensors, defaults.
+
+The model repository is generated from these names, and the SDK calls it by them, so the two
+cannot drift apart.
+"""
+
+ENSEMBLE = "ubm"
+PREPROCESS = "preprocess"
+ENCODER = "encoder"
+HEAD = "head"
+
+RECORDS = "records"
+"""Ensemble input: BYTES [batch, 1], one JSON record per row."""
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+EMBEDDING = "embedding"
+"""Ensemble output: FP32 [batch, hidden], the user representation."""
+PURCHASE_PROBABILITY = "purchase_probability"
+"""Ensemble output: FP32 [batch, 1], P(the user buys before the current session ends)."""
+
+MAX_BATCH_SIZE = 256
+"""The largest number of records one request may carry."""
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_URL = f"localhost:{DEFAULT_GRPC_PORT}"
