@@ -1,0 +1,71 @@
+"""The real Triton ensemble against the in-process PyTorch model."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from ubm import contract
+from ubm_build.train import predict, texts_of
+
+pytestmark = pytest.mark.integration
+
+
+def infer(triton, payloads: list[bytes]) -> grpcclient.InferResult:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    records = grpcclient.InferInput(contract.RECORDS, [len(payloads), 1], "BYTES")
+    records.set_data_from_numpy(np.array(payloads, dtype=object).reshape(-1, 1))
+    return client.infer(contract.ENSEMBLE, [records])
+
+
+def test_every_model_is_ready(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    assert client.is_server_ready()
+    for name in (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD):
+        assert client.is_model_ready(name), name
+
+
+def test_scores_match_in_process_pytorch(triton, tiny_model, tokenizer, examples):
+    model, _ = tiny_model
+    sample = examples["test"][:100]
+    result = infer(triton, [orjson.dumps(ex.to_record()) for ex in sample])
+    served = result.as_numpy(contract.PURCHASE_PROBABILITY)
+    assert served.shape == (len(sample), 1)
+    expected = predict(model, tokenizer, texts_of(sample))
+    np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
+
+    embedding = result.as_numpy(contract.EMBEDDING)
+    assert embedding.shape == (len(sample), model.spec.hidden_size)
+    with torch.inference_mode():
+        ids, mask = torch.tensor([[101, 102]]), torch.tensor([[1, 1]])
+        assert model.encoder(ids, mask).shape[1] == embedding.shape[1]
+
+
+def test_server_sorts_events_by_time(triton, examples):
+    record = examples["test"][0].to_record()
+    shuffled = {**record, "events": record["events"][::-1]}
+    result = infer(triton, [orjson.dumps(record), orjson.dumps(shuffled)])
+    probabilities = result.as_numpy(contract.PURCHASE_PROBABILITY)
+    assert probabilities[0, 0] == pytest.approx(probabilities[1, 0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b'{"id": "a", "events": []}', "record 1: events must not be empty"),
+        (b"not json", "record 1: not valid JSON"),
+        (b'{"id": "a", "events": [{"ts": 1, "type": "click", "item": "1"}]}', "events[0].type"),
+    ],
+)
+def test_bad_record_is_rejected_with_invalid_argument(triton, examples, payload, message):
+    good = orjson.dumps(examples["test"][0].to_record())
+    with pytest.raises(InferenceServerException) as info:
+        infer(triton, [good, payload])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert message in info.value.message()
+    # the server is still healthy afterwards
+    assert infer(triton, [good]).as_numpy(contract.PURCHASE_PROBABILITY).shape == (1, 1)

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from ubm.records import Event
+from ubm_build.behaviour_text import (
+    PAD_MULTIPLE,
+    SESSION_GAP_S,
+    behaviour_text,
+    split_session,
+    tokenize,
+)
+
+
+def events(*spec: tuple[int, str]) -> list[Event]:
+    return [
+        Event(ts=ts, type=kind, item=f"i{n}", category=f"c{n}") for n, (ts, kind) in enumerate(spec)
+    ]
+
+
+def test_session_starts_after_the_last_long_pause():
+    evs = events(
+        (0, "view"), (100, "view"), (100 + SESSION_GAP_S + 1, "cart"), (200 + SESSION_GAP_S, "view")
+    )
+    history, session = split_session(evs)
+    assert [e.item for e in history] == ["i0", "i1"]
+    assert [e.item for e in session] == ["i2", "i3"]
+
+
+def test_text_has_summary_then_events_newest_first():
+    evs = events((0, "view"), (SESSION_GAP_S + 10, "view"), (SESSION_GAP_S + 70, "cart"))
+    text = behaviour_text(evs)
+    summary, history, rendered = text.split(" | ")
+    assert summary == "session 2 events 1m: 1 view 1 cart 0 fav 0 buy"
+    assert history == "history 1 events: 1 view 0 cart 0 fav 0 buy"
+    assert rendered.startswith("cart item i2 cat c2 after 1m ; view item i1 cat c1 after 30m")
+    assert rendered.endswith("view item i0 cat c0")
+
+
+def test_missing_category_is_left_out():
+    text = behaviour_text([Event(ts=5, type="fav", item="9")])
+    assert text.endswith("| fav item 9")
+
+
+def test_no_events_is_an_error():
+    with pytest.raises(ValueError):
+        behaviour_text([])
+
+
+def test_truncation_keeps_the_summary_and_the_newest_events(tokenizer):
+    evs = events(*[(t * 10, "view") for t in range(40)])
+    ids, mask = tokenize(tokenizer, [behaviour_text(evs)], max_length=48)
+    kept = tokenizer.decode(ids[0][mask[0] == 1].tolist())
+    assert ids.shape == (1, 48)
+    assert kept.startswith("session 40 events")
+    assert "item i39" in kept
+    assert "item i0 " not in kept
+
+
+def test_batch_is_padded_to_a_multiple_of_the_longest(tokenizer):
+    ids, mask = tokenize(tokenizer, ["view", "view item 1 cat 2 after 3m"], max_length=64)
+    assert ids.shape[1] % PAD_MULTIPLE == 0
+    assert mask.sum(1).max() <= ids.shape[1] < mask.sum(1).max() + PAD_MULTIPLE
+    assert ids.dtype == mask.dtype == np.int64
+    assert (ids[mask == 0] == 0).all()
