@@ -56,20 +56,32 @@ def export_encoder(model: BehaviourModel, path: Path) -> Path:
     return path
 
 
+class _ServedHead(torch.nn.Module):
+    """The head plus a copy of its input, which the ensemble returns (`contract.HEAD_EMBEDDING`)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(embedding), embedding.clone()
+
+
 def export_head(model: BehaviourModel, path: Path) -> Path:
-    """ONNX graph embedding -> purchase_probability ([batch, 1], calibrated)."""
+    """ONNX graph embedding -> (purchase_probability [batch, 1] calibrated, embedding copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    head = model.head.eval()
     embedding = torch.zeros((2, model.spec.hidden_size))
+    batch = {0: "batch"}
     _onnx_export(
-        head,
+        _ServedHead(model.head).eval(),
         (embedding,),
         path,
         input_names=[contract.EMBEDDING],
-        output_names=[contract.PURCHASE_PROBABILITY],
+        output_names=[contract.PURCHASE_PROBABILITY, contract.HEAD_EMBEDDING],
         dynamic_axes={
-            contract.EMBEDDING: {0: "batch"},
-            contract.PURCHASE_PROBABILITY: {0: "batch"},
+            contract.EMBEDDING: batch,
+            contract.PURCHASE_PROBABILITY: batch,
+            contract.HEAD_EMBEDDING: batch,
         },
     )
     return path
@@ -117,7 +129,7 @@ def compare(
         torch_emb = model.encoder(torch.from_numpy(ids), torch.from_numpy(mask))
         torch_prob = model.head(torch_emb).numpy()
         onnx_emb = encoder.run(None, {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})[0]
-        onnx_prob = head.run(None, {contract.EMBEDDING: onnx_emb})[0]
+        onnx_prob = head.run([contract.PURCHASE_PROBABILITY], {contract.EMBEDDING: onnx_emb})[0]
         emb_diff = max(emb_diff, float(np.abs(onnx_emb - torch_emb.numpy()).max()))
         prob_diff = max(prob_diff, float(np.abs(onnx_prob - torch_prob).max()))
     return Parity(emb_diff, prob_diff, len(texts))

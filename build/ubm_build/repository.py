@@ -21,6 +21,8 @@ from ubm_build import behaviour_text
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
+ENCODED = "encoded"
+"""The ensemble's internal name for the encoder's output (see `contract.HEAD_EMBEDDING`)."""
 
 
 class Target(enum.Enum):
@@ -91,15 +93,19 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
     embedding = _tensor(contract.EMBEDDING, "TYPE_FP32", [spec.hidden_size])
     probability = _tensor(contract.PURCHASE_PROBABILITY, "TYPE_FP32", [1])
 
-    def step(model: str, names_in: list[str], names_out: list[str]) -> dict:
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+        """One ensemble step; the maps go from the model's tensor names to the ensemble's."""
         return {
             "model_name": model,
             "model_version": -1,
-            "input_map": {n: n for n in names_in},
-            "output_map": {n: n for n in names_out},
+            "input_map": inputs,
+            "output_map": outputs,
         }
 
-    tokens = [contract.INPUT_IDS, contract.ATTENTION_MASK]
+    tokens = {
+        contract.INPUT_IDS: contract.INPUT_IDS,
+        contract.ATTENTION_MASK: contract.ATTENTION_MASK,
+    }
     return {
         contract.ENSEMBLE: {
             "name": contract.ENSEMBLE,
@@ -109,9 +115,16 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "output": [probability, embedding],
             "ensemble_scheduling": {
                 "step": [
-                    step(contract.PREPROCESS, [contract.RECORDS], tokens),
-                    step(contract.ENCODER, tokens, [contract.EMBEDDING]),
-                    step(contract.HEAD, [contract.EMBEDDING], [contract.PURCHASE_PROBABILITY]),
+                    step(contract.PREPROCESS, {contract.RECORDS: contract.RECORDS}, tokens),
+                    step(contract.ENCODER, tokens, {contract.EMBEDDING: ENCODED}),
+                    step(
+                        contract.HEAD,
+                        {contract.EMBEDDING: ENCODED},
+                        {
+                            contract.PURCHASE_PROBABILITY: contract.PURCHASE_PROBABILITY,
+                            contract.HEAD_EMBEDDING: contract.EMBEDDING,
+                        },
+                    ),
                 ]
             },
         },
@@ -133,7 +146,14 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             spec.encoder_instances,
             spec.encoder_threads,
         ),
-        contract.HEAD: _onnx_model(contract.HEAD, spec, [embedding], [probability], 1, 1),
+        contract.HEAD: _onnx_model(
+            contract.HEAD,
+            spec,
+            [embedding],
+            [probability, _tensor(contract.HEAD_EMBEDDING, "TYPE_FP32", [spec.hidden_size])],
+            1,
+            1,
+        ),
     }
 
 

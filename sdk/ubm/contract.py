@@ -15,6 +15,12 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
 """Ensemble output: FP32 [batch, hidden], the user representation."""
+HEAD_EMBEDDING = "embedding_out"
+"""The head's copy of its input embedding, which the ensemble returns as `EMBEDDING`.
+
+The ensemble takes its `EMBEDDING` output from the head, not from the encoder: Triton 2.51
+prunes an ensemble tensor that feeds a later step when a client does not request it as an
+output, and then fails the request ("unexpected deadlock")."""
 PURCHASE_PROBABILITY = "purchase_probability"
 """Ensemble output: FP32 [batch, 1], P(the user buys before the current session ends)."""
 

@@ -107,6 +107,7 @@ def parse_record_json(text: str | bytes) -> Record:
 
 def record_id_of(raw: Any) -> str | None:
     """Best-effort id of a decoded value that may not be a valid record (for error reports)."""
-    if isinstance(raw, dict) and isinstance(raw.get("id"), (str, int)):
-        return str(raw["id"])
+    value = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
     return None

@@ -1,0 +1,36 @@
+"""Python SDK and CLI for the ubm user-behaviour model served by NVIDIA Triton."""
+
+from ubm._base import Score
+from ubm.client import UbmClient
+from ubm.exceptions import (
+    InvalidRecordError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+    TransportError,
+    UbmError,
+)
+from ubm.records import Event, Record, RecordError, parse_record, parse_record_json
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Event",
+    "InvalidRecordError",
+    "InvalidRequestError",
+    "ModelNotReadyError",
+    "Record",
+    "RecordError",
+    "RequestTimeoutError",
+    "Score",
+    "ServerError",
+    "ServerUnavailableError",
+    "TransportError",
+    "UbmClient",
+    "UbmError",
+    "__version__",
+    "parse_record",
+    "parse_record_json",
+]

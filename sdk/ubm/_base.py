@@ -1,0 +1,141 @@
+"""The I/O-free half of the clients: validation, request building, result parsing, retry policy.
+
+Both the sync `UbmClient` and a future asyncio twin sit on these functions and add only the
+calls to Triton and the sleeping between retries.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
+from tritonclient.utils import InferenceServerException
+
+from ubm import contract
+from ubm.exceptions import InvalidRecordError, ServerError
+from ubm.records import Record, RecordError, parse_record
+
+RETRYABLE_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"})
+"""gRPC statuses worth retrying: connection failures (gRPC reports them as UNAVAILABLE) and a
+full server queue. Anything else would fail the same way again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The model's answer for one record.
+
+    Attributes:
+        id: the record's id.
+        purchase_probability: P(the user buys before the current session ends).
+        embedding: the user representation, when it was asked for.
+    """
+
+    id: str
+    purchase_probability: float
+    embedding: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form; ``embedding`` is present only when it was asked for."""
+        row: dict[str, Any] = {"id": self.id, "purchase_probability": self.purchase_probability}
+        if self.embedding is not None:
+            row["embedding"] = list(self.embedding)
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, for the statuses in `RETRYABLE_STATUSES`.
+
+    Attributes:
+        max_retries: retries after the first attempt; 0 disables retrying.
+        backoff_s: the delay cap before the first retry; it doubles for each further retry.
+        max_backoff_s: the largest delay cap.
+    """
+
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError(f"retry settings must not be negative: {self}")
+
+    def should_retry(self, error: InferenceServerException, attempt: int) -> bool:
+        """Whether a call that failed with ``error`` on try ``attempt`` (0-based) is retried."""
+        return attempt < self.max_retries and error.status() in RETRYABLE_STATUSES
+
+    def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed try ``attempt`` (0-based): uniform in [0, cap]."""
+        cap = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return (rng or random).uniform(0.0, cap)
+
+
+def validate_records(records: Iterable[Mapping[str, Any] | Record]) -> list[Record]:
+    """Parse decoded JSON records; `Record` objects pass through unchanged.
+
+    Raises:
+        InvalidRecordError: the first invalid record, with its index.
+    """
+    parsed = []
+    for index, record in enumerate(records):
+        try:
+            parsed.append(record if isinstance(record, Record) else parse_record(record))
+        except RecordError as e:
+            raise InvalidRecordError(index, e) from e
+    return parsed
+
+
+def check_batch(records: Sequence[Record]) -> None:
+    """Raise ValueError unless one request can carry ``records``."""
+    if not 1 <= len(records) <= contract.MAX_BATCH_SIZE:
+        raise ValueError(
+            f"a batch holds 1 to {contract.MAX_BATCH_SIZE} records, got {len(records)}"
+        )
+
+
+def build_inputs(records: Sequence[Record]) -> list[InferInput]:
+    """The ensemble's inputs: one UTF-8 JSON document per row of a BYTES [n, 1] tensor."""
+    # orjson serialises the (slotted) dataclasses directly, i.e. the validated, sorted record.
+    rows = np.array([orjson.dumps(record) for record in records], dtype=np.object_)
+    records_input = InferInput(contract.RECORDS, [len(records), 1], "BYTES")
+    records_input.set_data_from_numpy(rows.reshape(-1, 1))
+    return [records_input]
+
+
+def _output_names(*, embedding: bool) -> tuple[str, ...]:
+    # Only the outputs the caller uses: the embedding is much larger than the score.
+    if embedding:
+        return (contract.PURCHASE_PROBABILITY, contract.EMBEDDING)
+    return (contract.PURCHASE_PROBABILITY,)
+
+
+def requested_outputs(*, embedding: bool) -> list[InferRequestedOutput]:
+    """The outputs to ask for: the probability, plus the embedding when ``embedding``."""
+    return [InferRequestedOutput(name) for name in _output_names(embedding=embedding)]
+
+
+def parse_scores(result: InferResult, records: Sequence[Record], *, embedding: bool) -> list[Score]:
+    """Turn one inference result into a `Score` per record, in request order.
+
+    Raises:
+        ServerError: an output is missing or does not hold one row per record.
+    """
+    arrays = {name: result.as_numpy(name) for name in _output_names(embedding=embedding)}
+    for name, array in arrays.items():
+        if array is None or len(array) != len(records):
+            raise ServerError(f"output {name!r} does not hold one row per record ({len(records)})")
+    probabilities = arrays[contract.PURCHASE_PROBABILITY]
+    embeddings = arrays.get(contract.EMBEDDING)
+    return [
+        Score(
+            id=record.id,
+            purchase_probability=float(probabilities[i, 0]),
+            embedding=None if embeddings is None else tuple(embeddings[i].tolist()),
+        )
+        for i, record in enumerate(records)
+    ]

@@ -1,0 +1,194 @@
+"""ubm-client without tritonserver: line parsing, exit codes, output order, giving up."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from ubm import (
+    InvalidRequestError,
+    Record,
+    Score,
+    ServerUnavailableError,
+    UbmClient,
+    __version__,
+)
+from ubm.cli import main, parse_line
+
+VALID = b'{"id": "u1", "events": [{"ts": 1, "type": "view", "item": "i1", "category": "c1"}]}'
+
+
+def line(record_id: str, n_events: int = 1) -> bytes:
+    events = [{"ts": i, "type": "cart", "item": str(i)} for i in range(n_events)]
+    return orjson.dumps({"id": record_id, "events": events})
+
+
+def run(args: list[str], stdin: bytes | None = None):
+    return CliRunner().invoke(main, args, input=stdin)
+
+
+def rows(output: bytes) -> list[dict]:
+    return [orjson.loads(row) for row in output.splitlines()]
+
+
+@pytest.fixture
+def unused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def server(monkeypatch) -> list[list[str]]:
+    """Stand in for Triton behind UbmClient.score_batch; returns the ids of each batch sent.
+
+    It scores events / 10, rejects ids starting with "bad", and is unreachable for "down".
+    """
+    batches: list[list[str]] = []
+
+    def score_batch(self, records: Sequence[Record], *, embedding: bool = False) -> list[Score]:
+        ids = [r.id for r in records]
+        batches.append(ids)
+        if "down" in ids:
+            raise ServerUnavailableError("failed to connect to all addresses")
+        if any(i.startswith("bad") for i in ids):
+            raise InvalidRequestError("record 0: rejected")
+        return [Score(r.id, len(r.events) / 10, (0.5, 0.5) if embedding else None) for r in records]
+
+    monkeypatch.setattr(UbmClient, "score_batch", score_batch)
+    return batches
+
+
+def test_parse_line_returns_the_record_of_a_valid_line():
+    parsed = parse_line(1, VALID + b"\n")
+    assert isinstance(parsed, Record)
+    assert parsed.id == "u1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "record_id", "why"),
+    [
+        (b"\n", None, "empty line"),
+        (b"   \r\n", None, "empty line"),
+        (b"not json\n", None, "not valid JSON: "),
+        (b'{"id": "u1", "events": [\n', None, "not valid JSON: "),
+        (b'{"id": "\xff\xfe"}\n', None, "not UTF-8 text: invalid start byte at byte 8"),
+        (b"[1, 2]", None, "a record must be a JSON object, got list"),
+        (b'{"events": [{"ts": 1, "type": "view", "item": "i"}]}', None, "id must be a string"),
+        (b'{"id": "u2"}', "u2", "events must be a list, got NoneType"),
+        (b'{"id": "u3", "events": []}', "u3", "events must not be empty"),
+        (b'{"id": "u4", "events": "view"}', "u4", "events must be a list, got str"),
+        (b'{"id": [1], "events": []}', None, "id must be a string or integer, got list"),
+        (b'{"id": 5, "events": [{"type": "view", "item": "i"}]}', "5", "events[0].ts"),
+        (b'{"id": "u6", "events": [{"ts": "1", "type": "view", "item": "i"}]}', "u6", ".ts"),
+        (b'{"id": "u7", "events": [{"ts": 1, "type": "click", "item": "i"}]}', "u7", ".type"),
+        (b'{"id": "u8", "events": [{"ts": 1, "type": "view"}]}', "u8", "events[0].item"),
+    ],
+)
+def test_parse_line_turns_every_bad_line_into_an_error_row(raw, record_id, why):
+    row = parse_line(42, raw)
+    assert isinstance(row, dict)
+    assert row["id"] == record_id
+    assert row["line"] == 42
+    assert why in row["error"]
+
+
+def test_score_writes_one_row_per_line_in_input_order(tmp_path, server):
+    source = tmp_path / "in.jsonl"
+    lines = [line("a", 1), b"oops", line("b", 2), b"", line("c", 3), b'{"id": "d", "events": []}']
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(["score", str(source), "--batch-size", "2"])
+    assert result.exit_code == 1, result.output
+    assert rows(result.stdout_bytes) == [
+        {"id": "a", "purchase_probability": 0.1},
+        {
+            "id": None,
+            "line": 2,
+            "error": "not valid JSON: unexpected character, expected a JSON value at column 1",
+        },
+        {"id": "b", "purchase_probability": 0.2},
+        {"id": None, "line": 4, "error": "empty line"},
+        {"id": "c", "purchase_probability": pytest.approx(0.3)},
+        {"id": "d", "line": 6, "error": "events must not be empty"},
+    ]
+    # Chunks of two lines; a chunk without a valid record sends nothing.
+    assert server == [["a"], ["b"], ["c"]]
+    assert "6 lines, 3 scored, 3 failed" in result.stderr
+
+
+def test_score_exits_0_when_every_line_is_scored_and_reads_stdin(server):
+    result = run(["score", "-", "--embedding", "--quiet"], stdin=line("a") + b"\n" + line("b"))
+    assert result.exit_code == 0
+    assert rows(result.stdout_bytes) == [
+        {"id": "a", "purchase_probability": 0.1, "embedding": [0.5, 0.5]},
+        {"id": "b", "purchase_probability": 0.1, "embedding": [0.5, 0.5]},
+    ]
+    assert result.stderr == ""
+
+
+def test_a_batch_the_server_rejects_is_retried_record_by_record(tmp_path, server):
+    out = tmp_path / "out.jsonl"
+    result = run(["score", "-", "-o", str(out)], stdin=b"\n".join([line("a"), line("bad1")]))
+    assert result.exit_code == 1
+    assert rows(out.read_bytes()) == [
+        {"id": "a", "purchase_probability": 0.1},
+        {"id": "bad1", "line": 2, "error": "rejected by the server: record 0: rejected"},
+    ]
+    assert server == [["a", "bad1"], ["a"], ["bad1"]]
+
+
+def test_giving_up_exits_2_and_keeps_complete_rows_of_earlier_batches(tmp_path, server):
+    out = tmp_path / "out.jsonl"
+    stdin = b"\n".join([line("a"), b"oops", line("down"), line("b")])
+    result = run(["score", "-", "-o", str(out), "--batch-size", "2"], stdin=stdin)
+    assert result.exit_code == 2
+    assert rows(out.read_bytes()) == [
+        {"id": "a", "purchase_probability": 0.1},
+        {
+            "id": None,
+            "line": 2,
+            "error": "not valid JSON: unexpected character, expected a JSON value at column 1",
+        },
+    ]
+    assert "ServerUnavailableError" in result.stderr
+
+
+def test_score_against_an_unreachable_server_exits_2_quickly(tmp_path, unused_url):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(VALID + b"\n")
+    started = time.monotonic()
+    result = run(["score", str(source), "--url", unused_url, "--retries", "1"])
+    assert result.exit_code == 2
+    assert result.stdout_bytes == b""
+    assert "ServerUnavailableError" in result.stderr
+    assert time.monotonic() - started < 5
+
+
+def test_health_against_an_unreachable_server_exits_2(unused_url):
+    result = run(["health", "--url", unused_url])
+    assert result.exit_code == 2
+    assert "not ready" in result.stderr
+
+
+def test_health_exits_0_when_ready(monkeypatch):
+    monkeypatch.setattr(UbmClient, "is_ready", lambda self: True)
+    result = run(["health"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("ready")
+
+
+def test_version():
+    assert run(["--version"]).stdout.strip() == f"ubm-client, version {__version__}"
+
+
+def test_batch_size_above_the_model_limit_is_a_usage_error(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(VALID)
+    result = run(["score", str(source), "--batch-size", "257"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--batch-size'" in result.stderr
