@@ -1,0 +1,71 @@
+"""Logistic regression and LightGBM baselines on the real time split."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ubm.records import Event
+from ubm_build.baselines import POPULARITY_NAMES, Popularity, design_matrix, run_baselines
+from ubm_build.data import Example
+from ubm_build.features import FEATURE_NAMES
+from ubm_build.quality import evaluate
+
+
+@pytest.fixture(scope="module")
+def results(examples):
+    return run_baselines(examples)
+
+
+def test_both_baselines_rank_the_test_window_better_than_chance(examples, results):
+    labels = np.array([ex.label for ex in examples["test"]])
+    for name, result in results.items():
+        metrics = evaluate(labels, result.test_probabilities, uncalibrated=result.test_uncalibrated)
+        print(name, f"best_iteration={result.best_iteration}", metrics.to_dict())
+        assert metrics.roc_auc > 0.6
+        assert metrics.pr_auc > labels.mean()
+        assert metrics.ece < 0.05
+
+
+def test_scores_cover_the_windows_and_probabilities_are_probabilities(examples, results):
+    assert list(results) == ["logistic_regression", "lightgbm"]
+    for result in results.values():
+        assert result.valid_scores.shape == (len(examples["valid"]),)
+        assert result.test_scores.shape == result.test_probabilities.shape
+        assert result.test_probabilities.shape == (len(examples["test"]),)
+        assert ((result.test_probabilities > 0) & (result.test_probabilities < 1)).all()
+    assert results["lightgbm"].best_iteration > 0
+    assert results["logistic_regression"].best_iteration is None
+
+
+def test_runs_are_deterministic(examples, results):
+    again = run_baselines(examples)
+    for name, result in results.items():
+        np.testing.assert_array_equal(result.test_probabilities, again[name].test_probabilities)
+
+
+def test_design_matrix_is_own_features_then_popularity(examples):
+    popularity = Popularity(examples["train"])
+    matrix = design_matrix(examples["valid"][:50], popularity)
+    assert matrix.shape == (50, len(FEATURE_NAMES) + len(POPULARITY_NAMES))
+    assert np.isfinite(matrix).all()
+
+
+def _example(user: str, *events: tuple[int, str, str]) -> Example:
+    return Example(user, tuple(Event(ts, kind, item, "c") for ts, kind, item in events), 0, "", 0)
+
+
+def test_popularity_leaves_the_examples_own_user_out():
+    popularity = Popularity(
+        [
+            _example("u1", (0, "view", "a"), (10, "buy", "a")),
+            _example("u1", (0, "view", "a"), (10, "buy", "a"), (5000, "view", "b")),  # overlap
+            _example("u2", (0, "view", "a"), (5, "view", "a"), (10, "buy", "a")),
+        ]
+    )
+    buys = POPULARITY_NAMES.index("last_item_train_buys")
+    events = POPULARITY_NAMES.index("last_item_train_events")
+    for user, expected_buys, expected_events in (("u1", 1, 3), ("u2", 1, 2), ("u3", 2, 5)):
+        row = popularity.features(_example(user, (0, "view", "a")))
+        assert row[buys] == pytest.approx(math.log1p(expected_buys))
+        assert row[events] == pytest.approx(math.log1p(expected_events))

@@ -1,0 +1,92 @@
+"""Test-window metrics: ECE, bootstrap intervals, and the reliability plot."""
+
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ubm_build.quality import (
+    evaluate,
+    expected_calibration_error,
+    reliability_plot,
+    stratified_bootstrap_weights,
+    weighted_roc_auc_and_ap,
+)
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from the probabilities themselves: perfectly calibrated, ~6% positive."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.beta(0.6, 9.0, size=n)
+    return (rng.random(n) < probabilities).astype(int), probabilities
+
+
+def test_ece_is_near_zero_when_calibrated_and_large_when_shifted():
+    labels, probabilities = synthetic(50_000)
+    assert expected_calibration_error(labels, probabilities) < 0.01
+    shifted = np.clip(probabilities + 0.2, 0, 1)
+    assert expected_calibration_error(labels, shifted) == pytest.approx(0.2, abs=0.02)
+
+
+def test_ece_of_one_bin_by_hand():
+    # All in bin [0, 1/15): mean probability 0.05, observed rate 0.5.
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.04, 0.06])) == pytest.approx(
+        0.45
+    )
+
+
+def test_vectorised_bootstrap_scores_equal_sklearn_with_sample_weight():
+    labels, probabilities = synthetic(2_000, seed=1)
+    scores = probabilities.round(2)  # many ties
+    weights = stratified_bootstrap_weights(labels, 5, seed=3)
+    auc, ap = weighted_roc_auc_and_ap(labels, scores, weights)
+    for row, w in enumerate(weights):
+        assert auc[row] == pytest.approx(roc_auc_score(labels, scores, sample_weight=w))
+        assert ap[row] == pytest.approx(average_precision_score(labels, scores, sample_weight=w))
+
+
+def test_stratified_resamples_keep_the_class_counts():
+    labels, _ = synthetic(500)
+    weights = stratified_bootstrap_weights(labels, 20, seed=0)
+    assert (weights.sum(axis=1) == len(labels)).all()
+    assert (weights[:, labels == 1].sum(axis=1) == labels.sum()).all()
+
+
+def test_evaluate_intervals_bracket_the_point_estimates():
+    labels, probabilities = synthetic(1_800)
+    metrics = evaluate(labels, probabilities, uncalibrated=probabilities / 2, n_bootstrap=1000)
+    assert metrics.roc_auc_ci[0] < metrics.roc_auc < metrics.roc_auc_ci[1]
+    assert metrics.pr_auc_ci[0] < metrics.pr_auc < metrics.pr_auc_ci[1]
+    assert metrics.roc_auc == pytest.approx(roc_auc_score(labels, probabilities))
+    assert metrics.n == 1_800
+    assert metrics.positives == labels.sum()
+    assert metrics.ece_uncalibrated > metrics.ece
+    assert evaluate(labels, probabilities, n_bootstrap=1000) == evaluate(
+        labels, probabilities, n_bootstrap=1000
+    )
+
+
+def test_to_dict_lists_every_metric():
+    labels, probabilities = synthetic(300)
+    record = evaluate(labels, probabilities, n_bootstrap=50).to_dict()
+    assert set(record) == {
+        "n",
+        "positives",
+        "roc_auc",
+        "roc_auc_ci",
+        "pr_auc",
+        "pr_auc_ci",
+        "log_loss",
+        "ece",
+        "ece_uncalibrated",
+    }
+    assert record["ece_uncalibrated"] is None
+
+
+def test_reliability_plot_writes_a_png(tmp_path):
+    labels, probabilities = synthetic(2_000)
+    path = tmp_path / "reliability.png"
+    reliability_plot(
+        {"calibrated": (labels, probabilities), "shifted": (labels, probabilities / 2)}, path
+    )
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
