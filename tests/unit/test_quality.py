@@ -1,6 +1,5 @@
 """Test-window metrics: ECE, bootstrap intervals, and the reliability plot."""
 
-
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
