@@ -10,6 +10,7 @@ import pytest
 
 from ubm_build import data, export, repository, server
 from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
+from ubm_build.train import inputs_of
 
 MAX_LENGTH = 64
 
@@ -29,10 +30,11 @@ def examples() -> dict[str, list[data.Example]]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[BehaviourModel, Path]:
+def tiny_model(tmp_path_factory, examples) -> tuple[BehaviourModel, Path]:
     """A randomly initialised 2-layer BERT + head, saved like a trained model."""
     directory = tmp_path_factory.mktemp("model")
     model = BehaviourModel.tiny(DEFAULT_BASE_MODEL, MAX_LENGTH, seed=0)
+    model.head.fit_feature_scaling(inputs_of(examples["train"][:500]).features)
     model.head.calibration_bias.fill_(-2.0)  # probabilities in a realistic range
     model.save(directory)
     return BehaviourModel.load(directory), directory
@@ -51,7 +53,11 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
     model, model_dir = tiny_model
-    spec = repository.RepositorySpec(max_length=MAX_LENGTH, hidden_size=model.spec.hidden_size)
+    spec = repository.RepositorySpec(
+        max_length=MAX_LENGTH,
+        hidden_size=model.spec.hidden_size,
+        n_features=len(model.spec.feature_names),
+    )
     encoder_onnx, head_onnx = tiny_onnx
     return repository.write_repository(
         tmp_path_factory.mktemp("model_repository"),

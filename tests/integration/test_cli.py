@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ubm import UbmClient
 from ubm.cli import main
-from ubm_build.train import predict, texts_of
+from ubm_build.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def test_sdk_scores_equal_in_process_model(triton, tiny_model, tokenizer, exampl
         assert client.is_ready()
         scores = client.score([ex.to_record() for ex in sample], embedding=True)
     assert [s.id for s in scores] == [ex.id for ex in sample]
-    expected = predict(model, tokenizer, texts_of(sample))
+    expected = predict(model, tokenizer, inputs_of(sample))
     np.testing.assert_allclose([s.purchase_probability for s in scores], expected, atol=1e-5)
     assert {len(s.embedding) for s in scores} == {model.spec.hidden_size}
 

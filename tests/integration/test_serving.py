@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm_build.train import predict, texts_of
+from ubm_build.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_scores_match_in_process_pytorch(triton, tiny_model, tokenizer, examples
     result = infer(triton, [orjson.dumps(ex.to_record()) for ex in sample])
     served = result.as_numpy(contract.PURCHASE_PROBABILITY)
     assert served.shape == (len(sample), 1)
-    expected = predict(model, tokenizer, texts_of(sample))
+    expected = predict(model, tokenizer, inputs_of(sample))
     np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
 
     embedding = result.as_numpy(contract.EMBEDDING)
@@ -69,3 +69,25 @@ def test_bad_record_is_rejected_with_invalid_argument(triton, examples, payload,
     assert message in info.value.message()
     # the server is still healthy afterwards
     assert infer(triton, [good]).as_numpy(contract.PURCHASE_PROBABILITY).shape == (1, 1)
+
+
+def test_served_roc_auc_equals_in_process(triton, tiny_model, tokenizer, examples):
+    """The model card's promise holds through Triton: same ROC-AUC on the test window."""
+    from sklearn.metrics import roc_auc_score
+
+    from ubm_build.train import labels_of
+
+    model, _ = tiny_model
+    test = examples["test"]
+    payloads = [orjson.dumps(ex.to_record()) for ex in test]
+    served = np.concatenate(
+        [
+            infer(triton, payloads[i : i + 256]).as_numpy(contract.PURCHASE_PROBABILITY)[:, 0]
+            for i in range(0, len(payloads), 256)
+        ]
+    )
+    in_process = predict(model, tokenizer, inputs_of(test))
+    labels = labels_of(test)
+    assert roc_auc_score(labels, served) == pytest.approx(
+        roc_auc_score(labels, in_process), abs=1e-3
+    )

@@ -4,8 +4,7 @@ import hashlib
 from pathlib import Path
 
 from ubm import contract
-from ubm_build import behaviour_text, repository
-from ubm_build.export import compare
+from ubm_build import behaviour_text, features, repository
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 
@@ -15,14 +14,14 @@ def sha256(path: Path) -> str:
 
 
 def test_configs_match_golden_files():
-    spec = repository.RepositorySpec(max_length=64, hidden_size=384)
+    spec = repository.RepositorySpec(max_length=64, hidden_size=384, n_features=29)
     for name, config in repository.model_configs(spec).items():
         assert repository.to_pbtxt(config) == (GOLDEN / f"{name}.pbtxt").read_text(), name
 
 
 def test_onnxruntime_target_uses_the_native_backend():
     spec = repository.RepositorySpec(
-        max_length=64, hidden_size=384, target=repository.Target.ONNXRUNTIME
+        max_length=64, hidden_size=384, n_features=29, target=repository.Target.ONNXRUNTIME
     )
     encoder = repository.to_pbtxt(repository.model_configs(spec)[contract.ENCODER])
     assert 'platform: "onnxruntime_onnx"' in encoder
@@ -31,14 +30,8 @@ def test_onnxruntime_target_uses_the_native_backend():
 
 def test_repository_serves_the_training_code(tiny_repository):
     preprocess = tiny_repository / contract.PREPROCESS / "1"
-    assert sha256(preprocess / "behaviour_text.py") == sha256(Path(behaviour_text.__file__))
+    for module in (behaviour_text, features):
+        source = Path(module.__file__)
+        assert sha256(preprocess / source.name) == sha256(source), source.name
     assert {p.name for p in tiny_repository.iterdir()} >= set(repository.MODELS)
     assert (tiny_repository / contract.ENCODER / "1" / "model.onnx").exists()
-
-
-def test_onnx_export_matches_pytorch(tiny_model, tiny_onnx, tokenizer, examples):
-    model, _ = tiny_model
-    texts = [behaviour_text.behaviour_text(ex.events) for ex in examples["test"][:64]]
-    parity = compare(model, tokenizer, texts, *tiny_onnx)
-    parity.check(atol=1e-4)
-    assert parity.records == 64

@@ -1,8 +1,8 @@
-"""Triton python-backend model `preprocess`: JSON records -> behaviour text -> token ids.
+"""Triton python-backend model `preprocess`: JSON records -> token ids and session features.
 
 The build copies this file to ``preprocess/1/model.py`` together with ``records.py``,
-``behaviour_text.py`` (the exact modules training used), ``contract.py`` and the model's
-``tokenizer.json``; the python backend puts that directory on ``sys.path``.
+``behaviour_text.py`` and ``features.py`` (the exact modules training used), ``contract.py`` and
+the model's ``tokenizer.json``; the python backend puts that directory on ``sys.path``.
 """
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 import contract
 import numpy as np
 from behaviour_text import behaviour_text, tokenize
+from features import feature_matrix
 from records import RecordError, parse_record_json
 from tokenizers import Tokenizer
 
@@ -20,15 +21,15 @@ except ImportError:  # imported outside Triton (tests)
     pb_utils = None
 
 
-def texts_of(rows: np.ndarray) -> list[str]:
-    """Behaviour texts for a column of JSON records; RecordError names the bad row."""
-    texts = []
+def events_of(rows: np.ndarray) -> list:
+    """Each JSON record's events, sorted by time; RecordError names the bad row."""
+    events = []
     for i, raw in enumerate(rows.reshape(-1)):
         try:
-            texts.append(behaviour_text(parse_record_json(raw).events))
+            events.append(parse_record_json(raw).events)
         except RecordError as e:
             raise RecordError(f"record {i}: {e}") from e
-    return texts
+    return events
 
 
 class TritonPythonModel:
@@ -44,17 +45,19 @@ class TritonPythonModel:
         for request in requests:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
             try:
-                texts = texts_of(rows)
+                events = events_of(rows)
             except RecordError as e:
                 error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
+            texts = [behaviour_text(e) for e in events]
             ids, mask = tokenize(self.tokenizer, texts, self.max_length)
             responses.append(
                 pb_utils.InferenceResponse(
                     [
                         pb_utils.Tensor(contract.INPUT_IDS, ids),
                         pb_utils.Tensor(contract.ATTENTION_MASK, mask),
+                        pb_utils.Tensor(contract.FEATURES, feature_matrix(events)),
                     ]
                 )
             )

@@ -1,0 +1,177 @@
+"""The build steps. Each reads and writes files, so each can also run on its own:
+
+train       -> <model_dir>/ (model), metrics.json, predictions.npz (test window)
+export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx, variants.json
+repository  -> model_repository/ serving the fastest variant that passed
+report      -> reports/<profile>/model_card.md, card.json, reliability.png
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ubm_build import baselines, card, data, export, quality, repository, train
+from ubm_build.model import BehaviourModel, load_tokenizer
+
+Log = Callable[[str], None]
+PREDICTIONS = "predictions.npz"
+VARIANTS = "variants.json"
+
+
+def load_examples(csv: Path) -> dict[str, list[data.Example]]:
+    by_window: dict[str, list[data.Example]] = {name: [] for name in data.WINDOWS}
+    for ex in data.make_examples(data.read_events(csv)):
+        by_window[ex.window].append(ex)
+    return by_window
+
+
+def train_step(
+    profile: train.Profile, csv: Path, base_model: Path, model_dir: Path, log: Log
+) -> dict:
+    result = train.train(profile, load_examples(csv), base_model, model_dir)
+    summary = {**result.summary, "base_model": str(base_model), "csv": str(csv)}
+    (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    np.savez(
+        model_dir / PREDICTIONS,
+        test_logits=result.test_logits,
+        test_probabilities=result.test_probabilities,
+    )
+    log(
+        f"trained on {summary['train_examples']} sessions in {summary['train_seconds']} s;"
+        f" test-window ROC-AUC {summary['test_roc_auc']:.4f}"
+        f" ({summary['test_examples']} sessions, {summary['test_positives']} positive)"
+    )
+    return summary
+
+
+def export_step(
+    model_dir: Path,
+    onnx_dir: Path,
+    csv: Path,
+    log: Log,
+    *,
+    atol: float = export.DEFAULT_ATOL,
+    max_int8_auc_loss: float = export.DEFAULT_MAX_INT8_AUC_LOSS,
+) -> list[export.VariantReport]:
+    """Export, derive every encoder variant and check each on the whole test window."""
+    model = BehaviourModel.load(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    head = export.export_head(model, onnx_dir / "head.onnx")
+    fp32 = export.export_encoder(model, onnx_dir / "encoder.onnx")
+    test = load_examples(csv)["test"]
+    inputs, labels = train.inputs_of(test), train.labels_of(test)
+    reference = np.load(model_dir / PREDICTIONS)["test_probabilities"]
+    reports = []
+    for variant in export.Variant:
+        encoder = export.derive_variant(
+            variant, fp32, model, onnx_dir / f"encoder-{variant.value}.onnx"
+        )
+        report = export.check_variant(
+            variant,
+            encoder,
+            head,
+            tokenizer,
+            inputs,
+            labels,
+            reference,
+            max_length=model.spec.max_length,
+            atol=atol,
+            max_int8_auc_loss=max_int8_auc_loss,
+        )
+        log(
+            f"{variant.value:>13}: max |p - PyTorch| {report.probability_max_abs_diff:.2e},"
+            f" ROC-AUC {report.roc_auc:.4f} ({report.roc_auc_delta:+.4f}),"
+            f" {report.records_per_s:.0f} records/s in-process,"
+            f" {'passed' if report.passed else 'FAILED'}"
+        )
+        reports.append(report)
+    (onnx_dir / VARIANTS).write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    export.require_passing(reports, atol, max_int8_auc_loss)
+    return reports
+
+
+def load_variants(onnx_dir: Path) -> list[export.VariantReport]:
+    return [export.VariantReport(**r) for r in json.loads((onnx_dir / VARIANTS).read_text())]
+
+
+def repository_step(
+    model_dir: Path,
+    onnx_dir: Path,
+    out: Path,
+    target: repository.Target,
+    log: Log,
+    variant: str | None = None,
+) -> str:
+    """Write the repository with `variant`, by default the fastest one that passed."""
+    reports = load_variants(onnx_dir)
+    chosen = (
+        export.fastest_passing(reports)
+        if variant is None
+        else next(r for r in reports if r.variant == variant)
+    )
+    model = BehaviourModel.load(model_dir)
+    spec = repository.RepositorySpec(
+        max_length=model.spec.max_length,
+        hidden_size=model.spec.hidden_size,
+        n_features=len(model.spec.feature_names),
+        target=target,
+    )
+    repository.write_repository(
+        out,
+        spec,
+        tokenizer_json=model_dir / "tokenizer.json",
+        encoder_onnx=Path(chosen.path),
+        head_onnx=onnx_dir / "head.onnx",
+    )
+    log(f"model repository ({target.value}, encoder {chosen.variant}) written to {out}")
+    return chosen.variant
+
+
+def report_step(
+    model_dir: Path,
+    onnx_dir: Path,
+    csv: Path,
+    out_dir: Path,
+    served: str,
+    log: Log,
+    build_seconds: float | None = None,
+) -> Path:
+    """Baselines and the BERT model on the same test window, written as a model card."""
+    examples = load_examples(csv)
+    test_labels = train.labels_of(examples["test"])
+    predictions = np.load(model_dir / PREDICTIONS)
+    summary = json.loads((model_dir / "metrics.json").read_text())
+    curves = {}
+    models = {}
+    for name, result in baselines.run_baselines(examples).items():
+        models[name] = quality.evaluate(
+            test_labels, result.test_probabilities, uncalibrated=result.test_uncalibrated
+        )
+        curves[name] = (test_labels, result.test_probabilities)
+    bert_uncalibrated = 1 / (1 + np.exp(-predictions["test_logits"].astype(np.float64)))
+    models["bert"] = quality.evaluate(
+        test_labels, predictions["test_probabilities"], uncalibrated=bert_uncalibrated
+    )
+    curves["bert"] = (test_labels, predictions["test_probabilities"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quality.reliability_plot(curves, out_dir / "reliability.png")
+    content = card.Card(
+        summary=summary,
+        windows=card.window_counts(examples),
+        models={name: m.to_dict() for name, m in models.items()},
+        variants=[r.to_dict() for r in load_variants(onnx_dir)],
+        served_variant=served,
+        build_seconds=build_seconds,
+    )
+    path = content.write(out_dir)
+    log(f"model card written to {path}")
+    for name, metrics in models.items():
+        log(
+            f"{name:>19}: ROC-AUC {metrics.roc_auc:.4f} [{metrics.roc_auc_ci[0]:.3f},"
+            f" {metrics.roc_auc_ci[1]:.3f}], PR-AUC {metrics.pr_auc:.4f}, ECE {metrics.ece:.4f}"
+        )
+    return path
