@@ -50,7 +50,10 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    """MLP from [embedding, standardised features] to one purchase logit, then Platt scaling.
+    """Purchase logit = MLP([embedding, features]) + linear(features), then Platt scaling.
+
+    The linear ("wide") path on the standardised features gives the head what a logistic
+    regression on them already knows from the first step; the MLP adds what the text says.
 
     ``probability = sigmoid(calibration_scale * logit + calibration_bias)``. The feature mean and
     scale come from the training set, the calibration from the validation window (identity
@@ -67,6 +70,7 @@ class Head(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(head_hidden, 1),
         )
+        self.wide = nn.Linear(n_features, 1)
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
         self.register_buffer("calibration_scale", torch.ones(()))
@@ -84,7 +88,8 @@ class Head(nn.Module):
 
     def logit(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         scaled = (features - self.feature_mean) / self.feature_scale
-        return self.mlp(torch.cat([embedding, scaled], dim=-1)).squeeze(-1)
+        deep = self.mlp(torch.cat([embedding, scaled], dim=-1))
+        return (deep + self.wide(scaled)).squeeze(-1)
 
     def forward(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Calibrated purchase probability, shape [batch, 1]."""

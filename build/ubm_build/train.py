@@ -40,7 +40,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", max_train_examples=2000, epochs=1, max_length=64),
-    "full": Profile("full", max_train_examples=None, epochs=3, max_length=128),
+    "full": Profile("full", max_train_examples=None, epochs=2, max_length=96),
 }
 
 
