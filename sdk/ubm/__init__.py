@@ -1,7 +1,9 @@
 """Python SDK and CLI for the ubm user-behaviour model served by NVIDIA Triton."""
 
 from ubm._base import Score
+from ubm.async_client import AsyncUbmClient
 from ubm.client import UbmClient
+from ubm.config import TlsConfig
 from ubm.exceptions import (
     InvalidRecordError,
     InvalidRequestError,
@@ -17,6 +19,7 @@ from ubm.records import Event, Record, RecordError, parse_record, parse_record_j
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncUbmClient",
     "Event",
     "InvalidRecordError",
     "InvalidRequestError",
@@ -27,6 +30,7 @@ __all__ = [
     "Score",
     "ServerError",
     "ServerUnavailableError",
+    "TlsConfig",
     "TransportError",
     "UbmClient",
     "UbmError",

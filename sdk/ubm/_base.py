@@ -1,7 +1,7 @@
 """The I/O-free half of the clients: validation, request building, result parsing, retry policy.
 
-Both the sync `UbmClient` and a future asyncio twin sit on these functions and add only the
-calls to Triton and the sleeping between retries.
+Both the sync `UbmClient` and its asyncio twin `AsyncUbmClient` sit on these functions and add
+only the calls to Triton and the sleeping between retries.
 """
 
 from __future__ import annotations
@@ -51,43 +51,85 @@ class Score:
 class RetryPolicy:
     """Exponential backoff with full jitter, for the statuses in `RETRYABLE_STATUSES`.
 
+    A call is retried until ``deadline_s`` seconds have passed since its first attempt, so the
+    budget is a duration (long enough to ride out a server restart), not a number of tries.
+
     Attributes:
-        max_retries: retries after the first attempt; 0 disables retrying.
+        deadline_s: how long after the first attempt a retry may still start; 0 disables
+            retrying.
         backoff_s: the delay cap before the first retry; it doubles for each further retry.
         max_backoff_s: the largest delay cap.
     """
 
-    max_retries: int
+    deadline_s: float
     backoff_s: float
     max_backoff_s: float
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+        if self.deadline_s < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
             raise ValueError(f"retry settings must not be negative: {self}")
-
-    def should_retry(self, error: InferenceServerException, attempt: int) -> bool:
-        """Whether a call that failed with ``error`` on try ``attempt`` (0-based) is retried."""
-        return attempt < self.max_retries and error.status() in RETRYABLE_STATUSES
 
     def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed try ``attempt`` (0-based): uniform in [0, cap]."""
         cap = min(self.max_backoff_s, self.backoff_s * 2**attempt)
         return (rng or random).uniform(0.0, cap)
 
+    def next_delay_s(
+        self,
+        error: InferenceServerException,
+        attempt: int,
+        elapsed_s: float,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """How long to wait before retrying a call, or None to give up.
 
-def validate_records(records: Iterable[Mapping[str, Any] | Record]) -> list[Record]:
+        Args:
+            error: what try ``attempt`` (0-based) raised.
+            attempt: the number of tries so far, minus one.
+            elapsed_s: seconds since the first try started.
+            rng: the jitter's random source.
+
+        Returns:
+            The delay in seconds; None when ``error`` is not retryable or the retry would start
+            after the deadline.
+        """
+        if error.status() not in RETRYABLE_STATUSES:
+            return None
+        delay = self.delay_s(attempt, rng)
+        return delay if elapsed_s + delay <= self.deadline_s else None
+
+
+def validate_records(
+    records: Iterable[Mapping[str, Any] | Record], *, start: int = 0
+) -> list[Record]:
     """Parse decoded JSON records; `Record` objects pass through unchanged.
+
+    Args:
+        records: decoded JSON records or `Record` objects.
+        start: the index of the first record in the caller's whole input, for error messages.
 
     Raises:
         InvalidRecordError: the first invalid record, with its index.
     """
     parsed = []
-    for index, record in enumerate(records):
+    for index, record in enumerate(records, start=start):
         try:
             parsed.append(record if isinstance(record, Record) else parse_record(record))
         except RecordError as e:
             raise InvalidRecordError(index, e) from e
     return parsed
+
+
+def check_timeout(timeout_s: float) -> None:
+    """Raise ValueError unless ``timeout_s`` is positive."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raise ValueError unless ``batch_size`` records fit in one request."""
+    if not 1 <= batch_size <= contract.MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be 1 to {contract.MAX_BATCH_SIZE}, got {batch_size}")
 
 
 def check_batch(records: Sequence[Record]) -> None:

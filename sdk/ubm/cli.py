@@ -1,18 +1,41 @@
-"""The ``ubm-client`` command line: score JSONL files and check the server's health."""
+"""The ``ubm-client`` command line: score JSONL files, describe the model, check health."""
 
 from __future__ import annotations
 
+import functools
+import os
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ubm import __version__, contract
-from ubm.client import DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, UbmClient
-from ubm.exceptions import InvalidRequestError, UbmError
-from ubm.records import Record, RecordError, parse_record, record_id_of
+from ubm._jsonl import Chunk, Row, finished_keys, read_chunks, score_lines
+from ubm._pipeline import map_ordered
+from ubm.client import UbmClient
+from ubm.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RETRY_DEADLINE_S,
+    DEFAULT_TIMEOUT_S,
+    TlsConfig,
+)
+from ubm.exceptions import UbmError
 
 EXIT_OK = 0
 EXIT_LINES_FAILED = 1
@@ -20,103 +43,90 @@ EXIT_SERVER_FAILED = 2
 
 HEALTH_TIMEOUT_S = 5.0
 
-Line = tuple[int, Record | dict[str, Any]]
-"""A 1-based input line number with its parsed record, or with its finished error row."""
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to reach the server, from the options every command shares."""
+
+    url: str
+    tls: TlsConfig | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def client(self, **settings: Any) -> UbmClient:
+        """A `UbmClient` for this connection with the command's own ``settings``."""
+        return UbmClient(self.url, tls=self.tls, headers=self.headers, **settings)
 
 
-def error_row(record_id: str | None, line_no: int, why: str) -> dict[str, Any]:
-    """The output row of an input line that could not be scored."""
-    return {"id": record_id, "line": line_no, "error": why}
+def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {value!r}", ctx, param)
+        # gRPC metadata keys are lower case.
+        headers[name.strip().lower()] = content.strip()
+    return headers
 
 
-def parse_line(line_no: int, raw: bytes) -> Record | dict[str, Any]:
-    """Parse one input line.
-
-    Args:
-        line_no: the 1-based line number, for the error row.
-        raw: the line's bytes, with or without its line ending.
-
-    Returns:
-        The validated `Record`, or the error row when the line is blank, not UTF-8, not JSON or
-        not a valid record.
-    """
-    if not raw.strip():
-        return error_row(None, line_no, "empty line")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        return error_row(None, line_no, _decode_error(raw, e))
-    try:
-        return parse_record(value)
-    except RecordError as e:
-        return error_row(record_id_of(value), line_no, str(e))
+_cert_path = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def _decode_error(raw: bytes, error: orjson.JSONDecodeError) -> str:
-    # Worded like ubm.records.parse_record_json. orjson calls every bad byte "surrogates not
-    # allowed", so the UTF-8 case is named by the standard decoder instead.
-    try:
-        raw.decode()
-    except UnicodeDecodeError as e:
-        return f"not UTF-8 text: {e.reason} at byte {e.start}"
-    return f"not valid JSON: {error.msg} at column {error.colno}"
+def connection_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add --url, the TLS options and --header; the command receives a `Connection`."""
 
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        url: str,
+        tls: bool,
+        root_cert: Path | None,
+        client_cert: Path | None,
+        client_key: Path | None,
+        header: dict[str, str],
+        **kwargs: Any,
+    ) -> None:
+        use_tls = tls or any(p is not None for p in (root_cert, client_cert, client_key))
+        try:
+            tls_config = (
+                TlsConfig(
+                    root_certificates=root_cert,
+                    private_key=client_key,
+                    certificate_chain=client_cert,
+                )
+                if use_tls
+                else None
+            )
+        except ValueError as e:
+            raise click.UsageError(f"--client-cert and --client-key go together: {e}") from e
+        command(*args, connection=Connection(url, tls_config, header), **kwargs)
 
-def score_lines(client: UbmClient, lines: list[Line], *, embedding: bool) -> list[dict[str, Any]]:
-    """Score the records among ``lines`` in one request and return every line's output row.
-
-    Args:
-        client: the open client.
-        lines: at most ``contract.MAX_BATCH_SIZE`` parsed lines.
-        embedding: add each record's embedding to its row.
-
-    Returns:
-        One row per line, in input order: a score row, or an error row.
-
-    Raises:
-        UbmError: the server could not score the batch (other than rejecting a record).
-    """
-    to_score = {line_no: item for line_no, item in lines if isinstance(item, Record)}
-    try:
-        scores = (
-            client.score_batch(list(to_score.values()), embedding=embedding) if to_score else []
-        )
-        rows = {line_no: score.to_dict() for line_no, score in zip(to_score, scores, strict=True)}
-    except InvalidRequestError:
-        # The client validates like the server does, so this means the two disagree. Send the
-        # records one by one, so that only the rejected ones become error rows.
-        rows = {
-            line_no: _score_one(client, line_no, r, embedding) for line_no, r in to_score.items()
-        }
-    return [item if isinstance(item, dict) else rows[line_no] for line_no, item in lines]
-
-
-def _score_one(client: UbmClient, line_no: int, record: Record, embedding: bool) -> dict[str, Any]:
-    try:
-        return client.score_batch([record], embedding=embedding)[0].to_dict()
-    except InvalidRequestError as e:
-        return error_row(record.id, line_no, f"rejected by the server: {e}")
-
-
-def _chunks(stream: BinaryIO, size: int) -> Iterator[list[Line]]:
-    """Parsed lines in chunks of ``size``: memory stays constant whatever the input's length."""
-    chunk: list[Line] = []
-    for line_no, raw in enumerate(stream, start=1):
-        chunk.append((line_no, parse_line(line_no, raw)))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-_url_option = click.option(
-    "--url",
-    default=contract.DEFAULT_URL,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Triton's gRPC address.",
-)
+    options = [
+        click.option(
+            "--url",
+            default=contract.DEFAULT_URL,
+            show_default=True,
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="Triton's gRPC address; several are used round robin, skipping failed ones.",
+        ),
+        click.option(
+            "--tls", is_flag=True, help="Use TLS, trusting the system's root certificates."
+        ),
+        click.option(
+            "--root-cert", type=_cert_path, help="PEM root certificates for TLS (implies --tls)."
+        ),
+        click.option("--client-cert", type=_cert_path, help="PEM client certificate chain (mTLS)."),
+        click.option("--client-key", type=_cert_path, help="PEM client private key (mTLS)."),
+        click.option(
+            "--header",
+            multiple=True,
+            callback=_parse_headers,
+            metavar="'NAME: VALUE'",
+            help="Metadata sent with every call, e.g. 'authorization: Bearer T'. Repeatable.",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @click.group(name="ubm-client")
@@ -125,15 +135,67 @@ def main() -> None:
     """Score user-behaviour records with the ubm model served by Triton."""
 
 
+@dataclass
+class _Tally:
+    """What the summary line and the exit status report."""
+
+    lines: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def scored(self) -> int:
+        return self.lines - self.skipped - self.failed
+
+    def add(self, chunk: Chunk, rows: list[Row]) -> None:
+        self.lines += chunk.n_skipped + len(rows)
+        self.skipped += chunk.n_skipped
+        self.failed += sum("error" in row for row in rows)
+
+
+def _progress(quiet: bool) -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[lines]} lines, {task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]:.0f} records/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+def _input_size(stream: BinaryIO) -> int | None:
+    """The size of a regular input file, for the ETA; None for a pipe or a terminal."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # CliRunner's in-memory stdin has no file descriptor
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
 @main.command()
 @click.argument("file", type=click.File("rb"))
-@_url_option
+@connection_options
 @click.option(
     "-o",
     "--output",
-    type=click.File("wb", lazy=False),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
     help="Where to write the JSONL results  [default: stdout].",
+)
+@click.option(
+    "--errors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the error rows to this JSONL file.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip the lines whose id is already in --output, and append to it.",
 )
 @click.option(
     "--batch-size",
@@ -141,6 +203,13 @@ def main() -> None:
     default=DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Input lines per request.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+    help="Requests in flight at once.",
 )
 @click.option("--embedding", is_flag=True, help="Add each user's embedding to the output.")
 @click.option(
@@ -151,23 +220,26 @@ def main() -> None:
     help="Seconds each request may take.",
 )
 @click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_RETRIES,
+    "--retry-deadline",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RETRY_DEADLINE_S,
     show_default=True,
-    help="Retries of a request while the server is unreachable or overloaded.",
+    help="Seconds a request is retried while the server is unreachable or overloaded.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
 @click.pass_context
 def score(
     ctx: click.Context,
     file: BinaryIO,
-    url: str,
-    output: BinaryIO,
+    connection: Connection,
+    output: Path,
+    errors: Path | None,
+    resume: bool,
     batch_size: int,
+    concurrency: int,
     embedding: bool,
     timeout: float,
-    retries: int,
+    retry_deadline: float,
     quiet: bool,
 ) -> None:
     """Score the JSONL records in FILE ('-' reads stdin).
@@ -179,43 +251,103 @@ def score(
       {"id": ..., "purchase_probability": ...}     (plus "embedding" with --embedding)
       {"id": ... or null, "line": N, "error": "..."}   for a line that could not be scored
 
-    The input is read as a stream, so files of any size work.
+    The input is read as a stream and at most --concurrency batches are held at once, so
+    files of any size work. A progress bar is drawn when stderr is a terminal.
 
     \b
     Exit status:
       0  every line was scored
       1  some lines could not be scored (see their "error")
       2  the server could not be reached or gave up; the output holds the lines
-         scored before that, each one complete (click also exits 2 on a usage error)
+         scored before that, each one complete, and --resume carries on from there
+         (click also exits 2 on a usage error)
     """
-    started = time.perf_counter()
-    n_lines = n_failed = 0
+    if resume and str(output) == "-":
+        raise click.UsageError("--resume needs -o FILE")
     try:
-        with UbmClient(url, timeout_s=timeout, max_retries=retries) as client:
-            for lines in _chunks(file, batch_size):
-                rows = score_lines(client, lines, embedding=embedding)
-                output.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows)
-                output.flush()
-                n_lines += len(rows)
-                n_failed += sum("error" in row for row in rows)
-    except UbmError as e:
-        click.echo(f"ubm-client: giving up at {url}: {type(e).__name__}: {e}", err=True)
-        status = EXIT_SERVER_FAILED
-    else:
-        status = EXIT_LINES_FAILED if n_failed else EXIT_OK
+        done = finished_keys(output) if resume else None
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise click.UsageError(f"--resume: {output} is not ubm-client output: {e}") from e
+    mode = "ab" if resume else "wb"
+    started = time.perf_counter()
+    tally = _Tally()
+    with ExitStack() as files:
+        out = files.enter_context(click.open_file(str(output), mode))
+        errors_out = files.enter_context(errors.open(mode)) if errors else None
+        progress = files.enter_context(_progress(quiet))
+        task = progress.add_task("scoring", total=_input_size(file), lines=0, failed=0, rate=0.0)
+        try:
+            with connection.client(timeout_s=timeout, retry_deadline_s=retry_deadline) as client:
+                for chunk, rows in map_ordered(
+                    lambda c: (c, score_lines(client, c.lines, embedding=embedding)),
+                    read_chunks(file, batch_size, None if done is None else done.__contains__),
+                    concurrency,
+                ):
+                    _write(out, rows)
+                    if errors_out is not None:
+                        _write(errors_out, [row for row in rows if "error" in row])
+                    tally.add(chunk, rows)
+                    progress.update(
+                        task,
+                        advance=chunk.n_bytes,
+                        lines=tally.lines,
+                        failed=tally.failed,
+                        rate=tally.scored / (time.perf_counter() - started),
+                    )
+        except UbmError as e:
+            progress.stop()
+            click.echo(
+                f"ubm-client: giving up at {connection.url}: {type(e).__name__}: {e}", err=True
+            )
+            status = EXIT_SERVER_FAILED
+        else:
+            status = EXIT_LINES_FAILED if tally.failed else EXIT_OK
     if not quiet:
-        n_scored = n_lines - n_failed
-        rate = n_scored / (time.perf_counter() - started)
+        rate = tally.scored / (time.perf_counter() - started)
+        skipped = f"{tally.skipped} skipped, " if resume else ""
         click.echo(
-            f"ubm-client: {n_lines} lines, {n_scored} scored, {n_failed} failed, "
-            f"{rate:.1f} records/s",
+            f"ubm-client: {tally.lines} lines, {skipped}{tally.scored} scored, "
+            f"{tally.failed} failed, {rate:.1f} records/s",
             err=True,
         )
     ctx.exit(status)
 
 
+def _write(stream: BinaryIO, rows: list[Row]) -> None:
+    # Whole rows, flushed per chunk: a run that stops leaves only complete lines behind.
+    stream.write(b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows))
+    stream.flush()
+
+
 @main.command()
-@_url_option
+@connection_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEALTH_TIMEOUT_S,
+    show_default=True,
+    help="Seconds each call may take.",
+)
+@click.pass_context
+def info(ctx: click.Context, connection: Connection, timeout: float) -> None:
+    """Print the model's metadata and configuration as JSON.
+
+    \b
+    Exit status:
+      0  printed
+      2  the server cannot be reached, or does not serve the model
+    """
+    try:
+        with connection.client(timeout_s=timeout, retry_deadline_s=0) as client:
+            described = {"metadata": client.metadata(), "config": client.config()}
+    except UbmError as e:
+        click.echo(f"ubm-client: {connection.url}: {type(e).__name__}: {e}", err=True)
+        ctx.exit(EXIT_SERVER_FAILED)
+    click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+@connection_options
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -224,18 +356,19 @@ def score(
     help="Seconds each check may take.",
 )
 @click.pass_context
-def health(ctx: click.Context, url: str, timeout: float) -> None:
+def health(ctx: click.Context, connection: Connection, timeout: float) -> None:
     """Check that the server and the ubm model are ready.
 
     \b
     Exit status:
-      0  the server and the model are ready
+      0  the server and the model are ready (at one endpoint at least)
       2  the server cannot be reached, or it or the model is not ready
     """
-    with UbmClient(url, timeout_s=timeout) as client:
+    with connection.client(timeout_s=timeout) as client:
         ready = client.is_ready()
+    where = f"model {contract.ENSEMBLE!r} at {connection.url}"
     if ready:
-        click.echo(f"ready: model {contract.ENSEMBLE!r} at {url}")
+        click.echo(f"ready: {where}")
     else:
-        click.echo(f"not ready: model {contract.ENSEMBLE!r} at {url}, or no server there", err=True)
+        click.echo(f"not ready: {where}, or no server there", err=True)
     ctx.exit(EXIT_OK if ready else EXIT_SERVER_FAILED)

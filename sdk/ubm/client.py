@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from typing import Any, TypeVar
 
 from tritonclient.grpc import InferenceServerClient
@@ -15,40 +16,57 @@ from ubm._base import (
     Score,
     build_inputs,
     check_batch,
+    check_batch_size,
+    check_timeout,
     parse_scores,
     requested_outputs,
     validate_records,
 )
+from ubm._endpoints import EndpointPool, parse_urls
+from ubm._pipeline import chunked, map_ordered
+from ubm.config import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RETRY_DEADLINE_S,
+    DEFAULT_TIMEOUT_S,
+    TlsConfig,
+    channel_options,
+)
 from ubm.exceptions import from_triton_error
 from ubm.records import Record
-
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_BACKOFF_S = 0.2
-DEFAULT_MAX_BACKOFF_S = 5.0
-DEFAULT_BATCH_SIZE = 64
 
 _T = TypeVar("_T")
 
 
 class UbmClient:
-    """Scores behaviour records with the ``ubm`` ensemble; one gRPC channel for all calls.
+    """Scores behaviour records with the ``ubm`` ensemble; one gRPC channel per endpoint.
 
     Use it as a context manager, or call `close` when done::
 
         with UbmClient("localhost:8001") as client:
             scores = client.score([{"id": "u1", "events": [...]}])
 
+    The client may be shared between threads.
+
     Args:
-        url: the server's gRPC address, ``host:port``.
+        url: the server's gRPC address, ``host:port``, or several separated by commas; calls go
+            round robin to the endpoints that have not answered UNAVAILABLE lately.
         model: the model to call.
         timeout_s: the limit for each call to the server, per attempt.
-        max_retries: retries of a call that failed because the server was unreachable or
-            overloaded (UNAVAILABLE, RESOURCE_EXHAUSTED); 0 disables retrying.
+        retry_deadline_s: how long after its first attempt a call that failed because the
+            server was unreachable or overloaded (UNAVAILABLE, RESOURCE_EXHAUSTED) is still
+            retried; 0 disables retrying.
         backoff_s: the delay cap before the first retry; it doubles for each further retry and
             the actual delay is drawn uniformly below it (full jitter).
         max_backoff_s: the largest delay cap.
-        batch_size: records per request in `score`, at most ``contract.MAX_BATCH_SIZE``.
+        batch_size: records per request in `score` and `score_iter`, at most
+            ``contract.MAX_BATCH_SIZE``.
+        cooldown_s: how long an endpoint that answered UNAVAILABLE is skipped.
+        tls: TLS settings; None (the default) uses a plaintext channel.
+        headers: gRPC metadata sent with every call, e.g. ``{"authorization": "Bearer ..."}``.
 
     Raises:
         ValueError: a setting is out of range.
@@ -60,24 +78,29 @@ class UbmClient:
         *,
         model: str = contract.ENSEMBLE,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        tls: TlsConfig | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if not 1 <= batch_size <= contract.MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be 1 to {contract.MAX_BATCH_SIZE}, got {batch_size}")
+        check_timeout(timeout_s)
+        check_batch_size(batch_size)
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self._retry = RetryPolicy(
-            max_retries=max_retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+            deadline_s=retry_deadline_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
-        # Creating the channel does not connect; the first call does.
-        self._triton = InferenceServerClient(url)
+        self._headers = dict(headers or {})
+        options = channel_options(tls)
+        # Creating a channel does not connect; the first call does.
+        self._endpoints = EndpointPool(
+            parse_urls(url), lambda u: InferenceServerClient(u, **options), cooldown_s
+        )
         self._closed = False
 
     def __enter__(self) -> UbmClient:
@@ -88,15 +111,16 @@ class UbmClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel. Further calls raise RuntimeError; closing again does nothing."""
+        """Close the channels. Further calls raise RuntimeError; closing again does nothing."""
         if not self._closed:
             self._closed = True
-            self._triton.close()
+            for endpoint in self._endpoints:
+                endpoint.client.close()
 
     def score(
         self, records: Iterable[Mapping[str, Any] | Record], *, embedding: bool = False
     ) -> list[Score]:
-        """Validate and score records, ``batch_size`` per request.
+        """Validate and score records, ``batch_size`` per request, one request at a time.
 
         Every record is validated before the first request is sent.
 
@@ -114,10 +138,50 @@ class UbmClient:
         """
         parsed = validate_records(records)
         scores: list[Score] = []
-        for start in range(0, len(parsed), self.batch_size):
-            batch = parsed[start : start + self.batch_size]
+        for batch in chunked(parsed, self.batch_size):
             scores.extend(self.score_batch(batch, embedding=embedding))
         return scores
+
+    def score_iter(
+        self,
+        records: Iterable[Mapping[str, Any] | Record],
+        *,
+        embedding: bool = False,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> Iterator[Score]:
+        """Score a stream of records, ``batch_size`` per request, several requests at a time.
+
+        Records are read lazily and at most ``max_in_flight`` batches are held at once, so
+        memory stays constant however long ``records`` is. Each batch is validated just before
+        it is sent.
+
+        Args:
+            records: decoded JSON records or `Record` objects; any iterable, even unbounded.
+            embedding: also return each user's embedding.
+            max_in_flight: requests in flight at once (one thread each).
+
+        Returns:
+            An iterator of one `Score` per record, in input order.
+
+        Raises:
+            ValueError: ``max_in_flight`` is below 1 (raised at once).
+            InvalidRecordError: a record does not follow the schema (raised in order, after the
+                scores of the batches before its own).
+            TransportError: the server was unreachable after the retries, or timed out.
+            ServerError: the server answered with an error.
+        """
+        batches = map_ordered(
+            lambda numbered: self._score_chunk(*numbered, embedding),
+            enumerate(chunked(records, self.batch_size)),
+            max_in_flight,
+        )
+        return _flatten(batches)
+
+    def _score_chunk(
+        self, index: int, chunk: list[Mapping[str, Any] | Record], embedding: bool
+    ) -> list[Score]:
+        parsed = validate_records(chunk, start=index * self.batch_size)
+        return self.score_batch(parsed, embedding=embedding)
 
     def score_batch(self, records: Sequence[Record], *, embedding: bool = False) -> list[Score]:
         """Score already-validated records in exactly one request (retries aside).
@@ -139,23 +203,33 @@ class UbmClient:
         inputs = build_inputs(records)
         outputs = requested_outputs(embedding=embedding)
         result = self._call(
-            lambda: self._triton.infer(
-                self.model, inputs, outputs=outputs, client_timeout=self.timeout_s
+            lambda triton: triton.infer(
+                self.model,
+                inputs,
+                outputs=outputs,
+                client_timeout=self.timeout_s,
+                headers=self._headers,
             )
         )
         return parse_scores(result, records, embedding=embedding)
 
     def is_ready(self) -> bool:
-        """Whether the server and the model are both ready; a single try, no retries.
+        """Whether the server and the model are ready at some endpoint; one try each, no retries.
 
         Returns:
-            True when both are ready; False when not, or when the server cannot be reached.
+            True when both are ready at one endpoint at least; False when not, or when no
+            server can be reached.
         """
         self._check_open()
+        return any(self._endpoint_ready(endpoint.client) for endpoint in self._endpoints)
+
+    def _endpoint_ready(self, triton: InferenceServerClient) -> bool:
         try:
-            return self._triton.is_server_ready(
-                client_timeout=self.timeout_s
-            ) and self._triton.is_model_ready(self.model, client_timeout=self.timeout_s)
+            return triton.is_server_ready(
+                headers=self._headers, client_timeout=self.timeout_s
+            ) and triton.is_model_ready(
+                self.model, headers=self._headers, client_timeout=self.timeout_s
+            )
         except InferenceServerException:
             return False
 
@@ -170,24 +244,52 @@ class UbmClient:
             TransportError: the server was unreachable after the retries, or timed out.
         """
         return self._call(
-            lambda: self._triton.get_model_metadata(
-                self.model, as_json=True, client_timeout=self.timeout_s
+            lambda triton: triton.get_model_metadata(
+                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
             )
         )
 
-    def _call(self, rpc: Callable[[], _T]) -> _T:
+    def config(self) -> dict[str, Any]:
+        """The model's configuration as the server loaded it (Triton's ``ModelConfig``).
+
+        Returns:
+            The configuration as a JSON dict.
+
+        Raises:
+            ModelNotReadyError: the server does not know the model.
+            TransportError: the server was unreachable after the retries, or timed out.
+        """
+        response = self._call(
+            lambda triton: triton.get_model_config(
+                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
+            )
+        )
+        return response["config"]
+
+    def _call(self, rpc: Callable[[InferenceServerClient], _T]) -> _T:
         """Run one tritonclient call, retrying as the policy says and translating its errors."""
         self._check_open()
+        started = time.monotonic()
         attempt = 0
         while True:
+            endpoint = self._endpoints.pick()
             try:
-                return rpc()
+                return rpc(endpoint.client)
             except InferenceServerException as e:
-                if not self._retry.should_retry(e, attempt):
+                self._endpoints.report_failure(endpoint, e)
+                delay = self._retry.next_delay_s(e, attempt, time.monotonic() - started)
+                if delay is None:
                     raise from_triton_error(e) from e
-                time.sleep(self._retry.delay_s(attempt))
+                time.sleep(delay)
                 attempt += 1
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the client is closed; create a new UbmClient")
+
+
+def _flatten(batches: Iterator[list[Score]]) -> Iterator[Score]:
+    # A generator, so that closing it closes `batches`, which stops the requests in flight.
+    with closing(batches):
+        for scores in batches:
+            yield from scores

@@ -18,7 +18,8 @@ from ubm import (
     UbmClient,
     __version__,
 )
-from ubm.cli import main, parse_line
+from ubm._jsonl import parse_line
+from ubm.cli import main
 
 VALID = b'{"id": "u1", "events": [{"ts": 1, "type": "view", "item": "i1", "category": "c1"}]}'
 
@@ -162,7 +163,7 @@ def test_score_against_an_unreachable_server_exits_2_quickly(tmp_path, unused_ur
     source = tmp_path / "in.jsonl"
     source.write_bytes(VALID + b"\n")
     started = time.monotonic()
-    result = run(["score", str(source), "--url", unused_url, "--retries", "1"])
+    result = run(["score", str(source), "--url", unused_url, "--retry-deadline", "0.5"])
     assert result.exit_code == 2
     assert result.stdout_bytes == b""
     assert "ServerUnavailableError" in result.stderr
@@ -192,3 +193,92 @@ def test_batch_size_above_the_model_limit_is_a_usage_error(tmp_path):
     result = run(["score", str(source), "--batch-size", "257"])
     assert result.exit_code == 2
     assert "Invalid value for '--batch-size'" in result.stderr
+
+
+def test_concurrent_requests_keep_the_input_order(tmp_path, server):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(line(f"u{i}", i % 7 + 1) for i in range(100)))
+    result = run(["score", str(source), "--batch-size", "3", "--concurrency", "8", "-q"])
+    assert result.exit_code == 0
+    assert [r["id"] for r in rows(result.stdout_bytes)] == [f"u{i}" for i in range(100)]
+    assert len(server) == 34
+
+
+def test_errors_file_gets_the_error_rows_too(tmp_path, server):
+    errors = tmp_path / "errors.jsonl"
+    stdin = b"\n".join([line("a"), b"oops", line("b"), b'{"id": "c", "events": []}'])
+    result = run(["score", "-", "--errors", str(errors), "-q"], stdin=stdin)
+    assert result.exit_code == 1
+    assert [r.get("line") for r in rows(result.stdout_bytes)] == [None, 2, None, 4]
+    assert [(r["id"], r["line"]) for r in rows(errors.read_bytes())] == [(None, 2), ("c", 4)]
+
+
+def test_resume_skips_finished_lines_and_appends_the_rest_in_order(tmp_path, server):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b"\n".join([line("a"), b"oops", line("b"), line("c"), line("d")]) + b"\n")
+    # An earlier run wrote "a", the error row of line 2 and "c", and was killed writing "b".
+    out.write_bytes(
+        b'{"id":"a","purchase_probability":0.1}\n'
+        b'{"id":null,"line":2,"error":"not valid JSON"}\n'
+        b'{"id":"c","purchase_probability":0.1}\n'
+        b'{"id":"b","purch'
+    )
+    result = run(["score", str(source), "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in rows(out.read_bytes())] == ["a", None, "c", "b", "d"]
+    assert server == [["b", "d"]]
+    assert "5 lines, 3 skipped, 2 scored, 0 failed" in result.stderr
+
+
+def test_resume_without_an_output_file_is_a_usage_error(server):
+    result = run(["score", "-", "--resume"], stdin=line("a"))
+    assert result.exit_code == 2
+    assert "--resume needs -o FILE" in result.stderr
+
+
+def test_the_progress_bar_shows_on_a_terminal(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(line(f"u{i}") for i in range(10)))
+    result = run(["score", str(source), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0
+    assert "records/s" in result.stderr and "100%" in result.stderr
+    assert run(["score", str(source), "-q"]).stderr == ""
+
+
+@pytest.mark.parametrize("header", ["no-colon", ": value"])
+def test_a_malformed_header_is_a_usage_error(header):
+    result = run(["health", "--header", header])
+    assert result.exit_code == 2
+    assert "expected 'Name: value'" in result.stderr
+
+
+def test_info_prints_metadata_and_config(monkeypatch):
+    monkeypatch.setattr(UbmClient, "metadata", lambda self: {"name": "ubm"})
+    monkeypatch.setattr(UbmClient, "config", lambda self: {"max_batch_size": 256})
+    result = run(["info"])
+    assert result.exit_code == 0
+    assert orjson.loads(result.stdout) == {
+        "metadata": {"name": "ubm"},
+        "config": {"max_batch_size": 256},
+    }
+
+
+def test_info_against_an_unreachable_server_exits_2(unused_url):
+    result = run(["info", "--url", unused_url])
+    assert result.exit_code == 2
+    assert "ServerUnavailableError" in result.stderr
+
+
+def test_connection_options_reach_the_client(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(
+        UbmClient, "is_ready", lambda self: seen.update(url=self.url, headers=self._headers)
+    )
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a real certificate")
+    result = run(
+        ["health", "--url", "a:1,b:2", "--root-cert", str(ca), "--header", "Authorization: x"]
+    )
+    assert result.exit_code == 2  # is_ready returned None
+    assert seen == {"url": "a:1,b:2", "headers": {"authorization": "x"}}

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import itertools
 import random
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import orjson
 import pytest
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from ubm import (
+    AsyncUbmClient,
     InvalidRecordError,
     InvalidRequestError,
     ModelNotReadyError,
@@ -23,6 +31,7 @@ from ubm import (
     Score,
     ServerError,
     ServerUnavailableError,
+    TlsConfig,
     UbmClient,
     contract,
     parse_record,
@@ -48,6 +57,9 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.reject_ids: set[str] = set()
         self.model_ready = True
         self.delay_s = 0.0
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
 
     def ServerReady(self, request, context):
         return service_pb2.ServerReadyResponse(ready=True)
@@ -60,8 +72,24 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=request.name, versions=["1"], platform="ensemble"
         )
 
+    def ModelConfig(self, request, context):
+        return service_pb2.ModelConfigResponse(
+            config=model_config_pb2.ModelConfig(name=request.name, max_batch_size=256)
+        )
+
     def ModelInfer(self, request, context):
-        self.requests.append(request)
+        with self._lock:
+            self.requests.append(request)
+            self.headers.append(dict(context.invocation_metadata()))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._infer(request, context)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _infer(self, request, context):
         time.sleep(self.delay_s)
         if self.fail_with:
             context.abort(self.fail_with.pop(0), "injected failure")
@@ -88,15 +116,64 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         return [orjson.loads(p) for p in deserialize_bytes_tensor(raw)]
 
 
-@pytest.fixture
-def fake_triton() -> Iterator[tuple[FakeTriton, str]]:
+@contextlib.contextmanager
+def serve_fake() -> Iterator[tuple[FakeTriton, str]]:
     fake = FakeTriton()
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield fake, f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    try:
+        yield fake, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def fake_triton() -> Iterator[tuple[FakeTriton, str]]:
+    with serve_fake() as served:
+        yield served
+
+
+class BlockingAsyncClient:
+    """Drives an `AsyncUbmClient` from synchronous test code, on an event loop of its own.
+
+    Coroutine methods run to completion; `score_iter` is drained into a list.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+
+        async def create() -> AsyncUbmClient:  # the channel belongs to the running loop
+            return AsyncUbmClient(*args, **kwargs)
+
+        self._client = self._loop.run_until_complete(create())
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name == "score_iter":
+            return lambda *a, **k: self._loop.run_until_complete(_collect(attribute(*a, **k)))
+        if inspect.iscoroutinefunction(attribute):
+            return lambda *a, **k: self._loop.run_until_complete(attribute(*a, **k))
+        return attribute
+
+    def __enter__(self) -> BlockingAsyncClient:
+        self._loop.run_until_complete(self._client.__aenter__())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+
+async def _collect(scores: AsyncIterator[Score]) -> list[Score]:
+    return [score async for score in scores]
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request) -> Callable[..., Any]:
+    """Makes a `UbmClient`, or an `AsyncUbmClient` behind a blocking facade: same test cases."""
+    return UbmClient if request.param == "sync" else BlockingAsyncClient
 
 
 @pytest.fixture
@@ -106,10 +183,10 @@ def unused_url() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_score_returns_scores_in_input_order_in_batches_of_batch_size(fake_triton):
+def test_score_returns_scores_in_input_order_in_batches_of_batch_size(connect, fake_triton):
     fake, url = fake_triton
     records = [record(f"u{i}", n_events=i + 1) for i in range(5)]
-    with UbmClient(url, batch_size=2) as client:
+    with connect(url, batch_size=2) as client:
         scores = client.score(records)
     assert [s.id for s in scores] == ["u0", "u1", "u2", "u3", "u4"]
     assert [s.purchase_probability for s in scores] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
@@ -120,9 +197,9 @@ def test_score_returns_scores_in_input_order_in_batches_of_batch_size(fake_trito
     assert list(fake.requests[0].inputs[0].shape) == [2, 1]
 
 
-def test_score_with_embedding_requests_and_returns_it(fake_triton):
+def test_score_with_embedding_requests_and_returns_it(connect, fake_triton):
     fake, url = fake_triton
-    with UbmClient(url) as client:
+    with connect(url) as client:
         scores = client.score([record("a"), record("b")], embedding=True)
     assert {o.name for o in fake.requests[0].outputs} == {
         contract.PURCHASE_PROBABILITY,
@@ -132,10 +209,10 @@ def test_score_with_embedding_requests_and_returns_it(fake_triton):
     assert scores[1].to_dict()["embedding"] == [1.0] * HIDDEN
 
 
-def test_score_sends_the_validated_record(fake_triton):
+def test_score_sends_the_validated_record(connect, fake_triton):
     fake, url = fake_triton
     raw = {"id": 7, "extra": "dropped", "events": record("x", n_events=3)["events"]}
-    with UbmClient(url) as client:
+    with connect(url) as client:
         client.score([raw, parse_record(record("parsed"))])
     sent = fake.sent_rows(0)
     assert sent[0]["id"] == "7" and "extra" not in sent[0]
@@ -143,74 +220,76 @@ def test_score_sends_the_validated_record(fake_triton):
     assert sent[1]["id"] == "parsed"
 
 
-def test_invalid_record_is_reported_with_its_index_and_nothing_is_sent(fake_triton):
+def test_invalid_record_is_reported_with_its_index_and_nothing_is_sent(connect, fake_triton):
     fake, url = fake_triton
-    with UbmClient(url) as client, pytest.raises(InvalidRecordError) as info:
+    with connect(url) as client, pytest.raises(InvalidRecordError) as info:
         client.score([record("ok"), {"id": "bad", "events": []}])
     assert info.value.index == 1
     assert str(info.value) == "record 1: events must not be empty"
     assert fake.requests == []
 
 
-def test_invalid_argument_from_the_server_is_not_retried(fake_triton):
+def test_invalid_argument_from_the_server_is_not_retried(connect, fake_triton):
     fake, url = fake_triton
     fake.reject_ids = {"b"}
     with (
-        UbmClient(url, backoff_s=0) as client,
+        connect(url, backoff_s=0) as client,
         pytest.raises(InvalidRequestError, match="record 1"),
     ):
         client.score([record("a"), record("b")])
     assert len(fake.requests) == 1
 
 
-def test_unavailable_is_retried_until_the_server_answers(fake_triton):
+def test_unavailable_is_retried_until_the_server_answers(connect, fake_triton):
     fake, url = fake_triton
     fake.fail_with = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED]
-    with UbmClient(url, max_retries=2, backoff_s=0) as client:
+    with connect(url, retry_deadline_s=5, backoff_s=0) as client:
         assert [s.id for s in client.score([record("a")])] == ["a"]
     assert len(fake.requests) == 3
 
 
-def test_gives_up_after_max_retries(fake_triton):
+def test_gives_up_once_the_retry_deadline_has_passed(connect, fake_triton):
     fake, url = fake_triton
-    fake.fail_with = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    fake.fail_with = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 1000
+    started = time.monotonic()
     with (
-        UbmClient(url, max_retries=2, backoff_s=0) as client,
+        connect(url, retry_deadline_s=0.3, backoff_s=0.05, max_backoff_s=0.05) as client,
         pytest.raises(ServerUnavailableError, match="injected failure") as info,
     ):
         client.score([record("a")])
     assert isinstance(info.value.__cause__, InferenceServerException)
-    assert len(fake.requests) == 3
+    assert 0.2 <= time.monotonic() - started < 2
+    assert 3 <= len(fake.requests) < 100
 
 
-def test_a_slow_server_raises_request_timeout(fake_triton):
+def test_a_slow_server_raises_request_timeout(connect, fake_triton):
     fake, url = fake_triton
     fake.delay_s = 0.5
-    with UbmClient(url, timeout_s=0.05) as client, pytest.raises(RequestTimeoutError):
+    with connect(url, timeout_s=0.05) as client, pytest.raises(RequestTimeoutError):
         client.score([record("a")])
     assert len(fake.requests) == 1
 
 
-def test_unreachable_server_raises_server_unavailable_quickly(unused_url):
+def test_unreachable_server_raises_server_unavailable_quickly(connect, unused_url):
     started = time.monotonic()
-    with UbmClient(unused_url, max_retries=1, backoff_s=0.01) as client:
+    with connect(unused_url, retry_deadline_s=0.5, backoff_s=0.01) as client:
         with pytest.raises(ServerUnavailableError):
             client.score([record("a")])
         assert client.is_ready() is False
     assert time.monotonic() - started < 5
 
 
-def test_is_ready_needs_the_model_ready_too(fake_triton):
+def test_is_ready_needs_the_model_ready_too(connect, fake_triton):
     fake, url = fake_triton
-    with UbmClient(url) as client:
+    with connect(url) as client:
         assert client.is_ready() is True
         fake.model_ready = False
         assert client.is_ready() is False
 
 
-def test_metadata_is_a_json_dict(fake_triton):
+def test_metadata_is_a_json_dict(connect, fake_triton):
     _, url = fake_triton
-    with UbmClient(url) as client:
+    with connect(url) as client:
         assert client.metadata() == {"name": "ubm", "versions": ["1"], "platform": "ensemble"}
 
 
@@ -230,7 +309,7 @@ def test_a_closed_client_refuses_calls():
         {"batch_size": 0},
         {"batch_size": contract.MAX_BATCH_SIZE + 1},
         {"timeout_s": 0},
-        {"max_retries": -1},
+        {"retry_deadline_s": -1},
         {"backoff_s": -0.1},
     ],
 )
@@ -239,9 +318,9 @@ def test_settings_out_of_range_raise_value_error(settings):
         UbmClient(**settings)
 
 
-def test_score_batch_refuses_an_empty_or_oversized_batch(unused_url):
+def test_score_batch_refuses_an_empty_or_oversized_batch(connect, unused_url):
     one = parse_record(record("a"))
-    with UbmClient(unused_url) as client:
+    with connect(unused_url) as client:
         for records in ([], [one] * (contract.MAX_BATCH_SIZE + 1)):
             with pytest.raises(ValueError, match="a batch holds"):
                 client.score_batch(records)
@@ -275,7 +354,7 @@ def test_unmapped_status_keeps_the_status_in_the_message():
 
 
 def test_backoff_is_full_jitter_below_a_doubling_capped_limit():
-    policy = RetryPolicy(max_retries=10, backoff_s=0.2, max_backoff_s=1.0)
+    policy = RetryPolicy(deadline_s=60, backoff_s=0.2, max_backoff_s=1.0)
     rng = random.Random(0)
     for attempt, cap in enumerate([0.2, 0.4, 0.8, 1.0, 1.0]):
         delays = [policy.delay_s(attempt, rng) for _ in range(200)]
@@ -283,14 +362,142 @@ def test_backoff_is_full_jitter_below_a_doubling_capped_limit():
         assert max(delays) > 0.9 * cap
 
 
-def test_only_unavailable_and_resource_exhausted_are_retried_and_only_max_retries_times():
-    policy = RetryPolicy(max_retries=2, backoff_s=0, max_backoff_s=0)
+def error(status: str | None) -> InferenceServerException:
+    return InferenceServerException("x", status=status)
 
-    def error(status: str) -> InferenceServerException:
-        return InferenceServerException("x", status=status)
 
-    assert policy.should_retry(error("StatusCode.UNAVAILABLE"), 1)
-    assert policy.should_retry(error("StatusCode.RESOURCE_EXHAUSTED"), 0)
-    assert not policy.should_retry(error("StatusCode.UNAVAILABLE"), 2)
+def test_only_unavailable_and_resource_exhausted_are_retried_and_only_before_the_deadline():
+    policy = RetryPolicy(deadline_s=10, backoff_s=1, max_backoff_s=1)
+    assert policy.next_delay_s(error("StatusCode.UNAVAILABLE"), 0, elapsed_s=0) <= 1
+    assert policy.next_delay_s(error("StatusCode.RESOURCE_EXHAUSTED"), 50, elapsed_s=8.9) <= 1
+    rng = random.Random(0)
+    late = [policy.next_delay_s(error("StatusCode.UNAVAILABLE"), 9, 9.5, rng) for _ in range(50)]
+    assert None in late and all(d is None or d <= 0.5 for d in late)
+    assert policy.next_delay_s(error("StatusCode.UNAVAILABLE"), 1, elapsed_s=10.1) is None
     for status in ("StatusCode.INVALID_ARGUMENT", "StatusCode.DEADLINE_EXCEEDED", None):
-        assert not policy.should_retry(error(status), 0)
+        assert policy.next_delay_s(error(status), 0, elapsed_s=0) is None
+
+
+def test_the_default_retry_budget_outlasts_a_server_restart():
+    with UbmClient() as client:
+        assert client._retry.deadline_s >= 30
+
+
+def test_score_iter_yields_in_input_order_with_requests_in_flight_together(connect, fake_triton):
+    fake, url = fake_triton
+    fake.delay_s = 0.05
+    records = [record(f"u{i}", n_events=i % 5 + 1) for i in range(20)]
+    with connect(url, batch_size=2) as client:
+        scores = list(client.score_iter(records, max_in_flight=4))
+    assert [s.id for s in scores] == [f"u{i}" for i in range(20)]
+    assert [s.purchase_probability for s in scores] == pytest.approx(
+        [(i % 5 + 1) / 10 for i in range(20)]
+    )
+    assert len(fake.requests) == 10
+    assert 2 <= fake.max_in_flight <= 4
+
+
+def test_score_iter_reads_lazily_and_holds_at_most_max_in_flight_batches(fake_triton):
+    _, url = fake_triton
+    pulled = 0
+
+    def unbounded():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield record(f"u{i}")
+
+    with UbmClient(url, batch_size=3) as client:
+        scores = client.score_iter(unbounded(), max_in_flight=2)
+        for i in range(30):
+            assert next(scores).id == f"u{i}"
+            # this score's batch, and the next batch in flight
+            assert pulled <= (i // 3 + 2) * 3
+        scores.close()
+
+
+def test_score_iter_reports_an_invalid_record_by_its_index_after_the_earlier_scores(
+    connect, fake_triton
+):
+    _, url = fake_triton
+    records = [record("a"), record("b"), record("c"), {"id": "bad", "events": []}, record("e")]
+    seen = []
+    with connect(url, batch_size=2) as client:
+        if isinstance(client, UbmClient):
+            with pytest.raises(InvalidRecordError, match="record 3: events must not be empty"):
+                seen.extend(s.id for s in client.score_iter(records))
+            assert seen == ["a", "b"]
+        else:
+            with pytest.raises(InvalidRecordError, match="record 3: events must not be empty"):
+                client.score_iter(records)
+
+
+def test_score_iter_refuses_max_in_flight_below_one(connect, unused_url):
+    with connect(unused_url) as client, pytest.raises(ValueError, match="max_in_flight"):
+        client.score_iter([record("a")], max_in_flight=0)
+
+
+def test_calls_go_round_robin_over_several_endpoints(connect):
+    with serve_fake() as (first, url1), serve_fake() as (second, url2):
+        with connect(f"{url1}, {url2}", batch_size=1) as client:
+            client.score([record(f"u{i}") for i in range(6)])
+        assert len(first.requests) == len(second.requests) == 3
+
+
+def test_an_unavailable_endpoint_is_skipped_during_its_cooldown(connect, fake_triton, unused_url):
+    fake, url = fake_triton
+    with connect(f"{unused_url},{url}", batch_size=1, backoff_s=0, cooldown_s=60) as client:
+        scores = client.score([record(f"u{i}") for i in range(6)])
+    assert [s.id for s in scores] == [f"u{i}" for i in range(6)]
+    assert len(fake.requests) == 6
+
+
+def test_headers_are_sent_with_every_call(connect, fake_triton):
+    fake, url = fake_triton
+    with connect(url, batch_size=1, headers={"authorization": "Bearer t0ken"}) as client:
+        client.score([record("a"), record("b")])
+    assert [h["authorization"] for h in fake.headers] == ["Bearer t0ken"] * 2
+
+
+@pytest.mark.parametrize("module", ["ubm.client", "ubm.async_client"])
+def test_tls_settings_reach_tritonclient(monkeypatch, tmp_path, module):
+    created = []
+    monkeypatch.setattr(
+        f"{module}.InferenceServerClient", lambda url, **kwargs: created.append((url, kwargs))
+    )
+    client_class = UbmClient if module == "ubm.client" else AsyncUbmClient
+    tls = TlsConfig(
+        root_certificates=tmp_path / "ca.pem",
+        private_key=tmp_path / "key.pem",
+        certificate_chain=tmp_path / "cert.pem",
+    )
+    client_class("a:1,b:2", tls=tls)
+    client_class("c:3", tls=TlsConfig())
+    client_class("d:4")
+    assert [url for url, _ in created] == ["a:1", "b:2", "c:3", "d:4"]
+    assert {k: v for k, v in created[0][1].items() if k != "channel_args"} == {
+        "ssl": True,
+        "root_certificates": str(tmp_path / "ca.pem"),
+        "private_key": str(tmp_path / "key.pem"),
+        "certificate_chain": str(tmp_path / "cert.pem"),
+    }
+    assert created[2][1]["ssl"] is True and created[2][1]["root_certificates"] is None
+    assert "ssl" not in created[3][1]
+    assert ("grpc.max_reconnect_backoff_ms", 1000) in created[3][1]["channel_args"]
+
+
+def test_a_client_certificate_needs_its_key():
+    with pytest.raises(ValueError, match="both"):
+        TlsConfig(certificate_chain=Path("cert.pem"))
+
+
+@pytest.mark.parametrize("url", ["", "a:1,", " , b:2"])
+def test_an_empty_address_is_refused(url):
+    with pytest.raises(ValueError, match="host:port"):
+        UbmClient(url)
+
+
+def test_config_is_the_model_config(connect, fake_triton):
+    _, url = fake_triton
+    with connect(url) as client:
+        assert client.config() == {"name": "ubm", "max_batch_size": 256}

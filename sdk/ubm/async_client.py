@@ -1,0 +1,312 @@
+"""`AsyncUbmClient`: the asyncio twin of `UbmClient`, on ``tritonclient.grpc.aio``.
+
+It has the same methods, arguments and errors as `UbmClient`; they are coroutines, `score_iter`
+is an async iterator, and it closes with ``await client.close()`` or ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from ubm import contract
+from ubm._base import (
+    RetryPolicy,
+    Score,
+    build_inputs,
+    check_batch,
+    check_batch_size,
+    check_timeout,
+    parse_scores,
+    requested_outputs,
+    validate_records,
+)
+from ubm._endpoints import EndpointPool, parse_urls
+from ubm._pipeline import achunked, aenumerate, amap_ordered, chunked
+from ubm.config import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RETRY_DEADLINE_S,
+    DEFAULT_TIMEOUT_S,
+    TlsConfig,
+    channel_options,
+)
+from ubm.exceptions import from_triton_error
+from ubm.records import Record
+
+_T = TypeVar("_T")
+_RawRecord = Mapping[str, Any] | Record
+
+
+class AsyncUbmClient:
+    """Scores behaviour records with the ``ubm`` ensemble from asyncio code.
+
+    Create it inside a running event loop and use it as an async context manager::
+
+        async with AsyncUbmClient("localhost:8001") as client:
+            scores = await client.score([{"id": "u1", "events": [...]}])
+
+    Args:
+        url: the server's gRPC address, ``host:port``, or several separated by commas; calls go
+            round robin to the endpoints that have not answered UNAVAILABLE lately.
+        model: the model to call.
+        timeout_s: the limit for each call to the server, per attempt.
+        retry_deadline_s: how long after its first attempt a call that failed because the
+            server was unreachable or overloaded (UNAVAILABLE, RESOURCE_EXHAUSTED) is still
+            retried; 0 disables retrying.
+        backoff_s: the delay cap before the first retry; it doubles for each further retry and
+            the actual delay is drawn uniformly below it (full jitter).
+        max_backoff_s: the largest delay cap.
+        batch_size: records per request in `score` and `score_iter`, at most
+            ``contract.MAX_BATCH_SIZE``.
+        cooldown_s: how long an endpoint that answered UNAVAILABLE is skipped.
+        tls: TLS settings; None (the default) uses a plaintext channel.
+        headers: gRPC metadata sent with every call, e.g. ``{"authorization": "Bearer ..."}``.
+
+    Raises:
+        ValueError: a setting is out of range.
+    """
+
+    def __init__(
+        self,
+        url: str = contract.DEFAULT_URL,
+        *,
+        model: str = contract.ENSEMBLE,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        tls: TlsConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        check_timeout(timeout_s)
+        check_batch_size(batch_size)
+        self.url = url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self._retry = RetryPolicy(
+            deadline_s=retry_deadline_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        )
+        self._headers = dict(headers or {})
+        options = channel_options(tls)
+        # Creating a channel does not connect; the first call does.
+        self._endpoints = EndpointPool(
+            parse_urls(url), lambda u: InferenceServerClient(u, **options), cooldown_s
+        )
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncUbmClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channels. Further calls raise RuntimeError; closing again does nothing."""
+        if not self._closed:
+            self._closed = True
+            await asyncio.gather(*(endpoint.client.close() for endpoint in self._endpoints))
+
+    async def score(self, records: Iterable[_RawRecord], *, embedding: bool = False) -> list[Score]:
+        """Validate and score records, ``batch_size`` per request, one request at a time.
+
+        Every record is validated before the first request is sent.
+
+        Args:
+            records: decoded JSON records (see `ubm.records`) or parsed `Record` objects.
+            embedding: also return each user's embedding.
+
+        Returns:
+            One `Score` per record, in input order.
+
+        Raises:
+            InvalidRecordError: a record does not follow the schema; nothing was sent.
+            TransportError: the server was unreachable after the retries, or timed out.
+            ServerError: the server answered with an error.
+        """
+        parsed = validate_records(records)
+        scores: list[Score] = []
+        for batch in chunked(parsed, self.batch_size):
+            scores.extend(await self.score_batch(batch, embedding=embedding))
+        return scores
+
+    def score_iter(
+        self,
+        records: Iterable[_RawRecord] | AsyncIterable[_RawRecord],
+        *,
+        embedding: bool = False,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> AsyncIterator[Score]:
+        """Score a stream of records, ``batch_size`` per request, several requests at a time.
+
+        Use it with ``async for``. Records are read lazily and at most ``max_in_flight`` batches
+        are held at once, so memory stays constant however long ``records`` is. Each batch is
+        validated just before it is sent.
+
+        Args:
+            records: decoded JSON records or `Record` objects; an iterable or an async
+                iterable, even unbounded.
+            embedding: also return each user's embedding.
+            max_in_flight: requests in flight at once (one task each).
+
+        Returns:
+            An async iterator of one `Score` per record, in input order.
+
+        Raises:
+            ValueError: ``max_in_flight`` is below 1 (raised at once).
+            InvalidRecordError: a record does not follow the schema (raised in order, after the
+                scores of the batches before its own).
+            TransportError: the server was unreachable after the retries, or timed out.
+            ServerError: the server answered with an error.
+        """
+        batches = amap_ordered(
+            lambda numbered: self._score_chunk(*numbered, embedding),
+            aenumerate(achunked(records, self.batch_size)),
+            max_in_flight,
+        )
+        return _flatten(batches)
+
+    async def _score_chunk(
+        self, index: int, chunk: list[_RawRecord], embedding: bool
+    ) -> list[Score]:
+        parsed = validate_records(chunk, start=index * self.batch_size)
+        return await self.score_batch(parsed, embedding=embedding)
+
+    async def score_batch(
+        self, records: Sequence[Record], *, embedding: bool = False
+    ) -> list[Score]:
+        """Score already-validated records in exactly one request (retries aside).
+
+        Args:
+            records: 1 to ``contract.MAX_BATCH_SIZE`` records, from `ubm.records.parse_record`.
+            embedding: also return each user's embedding.
+
+        Returns:
+            One `Score` per record, in input order.
+
+        Raises:
+            ValueError: the batch is empty or too large.
+            InvalidRequestError: the server rejected the batch (it names the record).
+            TransportError: the server was unreachable after the retries, or timed out.
+            ServerError: any other error answer from the server.
+        """
+        check_batch(records)
+        inputs = build_inputs(records)
+        outputs = requested_outputs(embedding=embedding)
+        result = await self._call(
+            lambda triton: triton.infer(
+                self.model,
+                inputs,
+                outputs=outputs,
+                client_timeout=self.timeout_s,
+                headers=self._headers,
+            )
+        )
+        return parse_scores(result, records, embedding=embedding)
+
+    async def is_ready(self) -> bool:
+        """Whether the server and the model are ready at some endpoint; one try each, no retries.
+
+        Returns:
+            True when both are ready at one endpoint at least; False when not, or when no
+            server can be reached.
+        """
+        self._check_open()
+        ready = await asyncio.gather(
+            *(self._endpoint_ready(endpoint.client) for endpoint in self._endpoints)
+        )
+        return any(ready)
+
+    async def _endpoint_ready(self, triton: InferenceServerClient) -> bool:
+        try:
+            return await triton.is_server_ready(
+                headers=self._headers, client_timeout=self.timeout_s
+            ) and await triton.is_model_ready(
+                self.model, headers=self._headers, client_timeout=self.timeout_s
+            )
+        except InferenceServerException:
+            return False
+
+    async def metadata(self) -> dict[str, Any]:
+        """The model's metadata: name, versions, platform, input and output tensors.
+
+        Returns:
+            Triton's model metadata as a JSON dict.
+
+        Raises:
+            ModelNotReadyError: the server does not know the model.
+            TransportError: the server was unreachable after the retries, or timed out.
+        """
+        return await self._call(
+            lambda triton: triton.get_model_metadata(
+                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
+            )
+        )
+
+    async def config(self) -> dict[str, Any]:
+        """The model's configuration as the server loaded it (Triton's ``ModelConfig``).
+
+        Returns:
+            The configuration as a JSON dict.
+
+        Raises:
+            ModelNotReadyError: the server does not know the model.
+            TransportError: the server was unreachable after the retries, or timed out.
+        """
+        response = await self._call(
+            lambda triton: triton.get_model_config(
+                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
+            )
+        )
+        return response["config"]
+
+    async def _call(self, rpc: Callable[[InferenceServerClient], Awaitable[_T]]) -> _T:
+        """Run one tritonclient call, retrying as the policy says and translating its errors."""
+        self._check_open()
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            endpoint = self._endpoints.pick()
+            try:
+                return await rpc(endpoint.client)
+            except InferenceServerException as e:
+                self._endpoints.report_failure(endpoint, e)
+                delay = self._retry.next_delay_s(e, attempt, time.monotonic() - started)
+                if delay is None:
+                    raise from_triton_error(e) from e
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed; create a new AsyncUbmClient")
+
+
+async def _flatten(batches: AsyncGenerator[list[Score], None]) -> AsyncIterator[Score]:
+    # Closing this closes `batches`, which cancels the requests in flight.
+    async with aclosing(batches):
+        async for scores in batches:
+            for score in scores:
+                yield score
