@@ -52,3 +52,23 @@ lint: $(BIN)/.installed ## ruff
 clean: ## remove generated files (keeps .venv)
 	rm -rf artifacts $(RUN_DIR) reports/quick
 	find $(REPOSITORY) -mindepth 1 -not -name README.md -delete
+
+# Benchmark and load tests, each against a tritonserver it starts on free ports and stops.
+# `make loadtest LOADTEST_SHAPE=spike` runs a load shape (step_ramp, spike, soak) instead of
+# LOADTEST_USERS constant users; LOADTEST_BATCH is records per request.
+SLO_MS ?= 100
+LOADTEST_USERS ?= 4
+LOADTEST_TIME ?= 30s
+LOADTEST_BATCH ?= 1
+LOADTEST_SHAPE ?=
+.PHONY: bench loadtest capacity
+bench: $(BIN)/.installed ## seeds' way vs PyTorch vs ONNX Runtime vs served -> results/bench.json
+	$(BIN)/python -m ubm_build.bench --repository $(REPOSITORY)
+
+loadtest: $(BIN)/.installed ## short headless Locust run -> results/loadtest/ (CSV + HTML)
+	$(BIN)/python loadtest/run.py --repository $(REPOSITORY) --batch-size $(LOADTEST_BATCH) \
+		--users $(LOADTEST_USERS) --run-time $(LOADTEST_TIME) $(if $(LOADTEST_SHAPE),--shape $(LOADTEST_SHAPE))
+
+capacity: $(BIN)/.installed ## add users until p99 > SLO_MS -> results/capacity.json, .png
+	$(BIN)/python loadtest/capacity.py --repository $(REPOSITORY) --slo-ms $(SLO_MS) \
+		--batch-size $(LOADTEST_BATCH)

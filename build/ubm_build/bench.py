@@ -1,0 +1,531 @@
+"""`python -m ubm_build.bench` (`make bench`): the same records scored from the seeds' way to the
+served ensemble, in one run on this machine.
+
+Rows, all on the same test-day sessions:
+
+1. ``seeds_way``: bert-base-cased's architecture (12 layers, hidden 768, vocabulary 28,996,
+   random weights), PyTorch eager, one record per call, the [CLS] vector into a linear layer.
+   ``--seeds-records N`` limits it to the first N records, should it be too slow somewhere.
+2. ``pytorch``: our trained model (`BehaviourModel.load`), PyTorch eager, batched.
+3. ``ort_<variant>``: our exported encoder + head in ONNX Runtime in this process, batched, for
+   the fp32 and int8 encoders (and the served variant, if it is another one).
+4. ``served_c<N>``: the `ubm` ensemble in a local tritonserver, through `ubm.UbmClient`, with N
+   threads each sending one batch at a time on its own client.
+
+Every in-process row times what the server does for a record too: behaviour text, session
+features, tokenization and the model (JSON decoding aside). Batched rows use the same batches
+in the same order as the requests sent to the server (no sorting by length). Latency is per
+record for the seeds' way, per batch in process, and per request as the client sees it when
+served (queueing included). A warm-up batch before each row is not timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import platform
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from google.protobuf import text_format
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from transformers import BertConfig, BertModel
+from tritonclient.grpc import model_config_pb2
+
+from ubm import UbmClient, contract
+from ubm.records import Record, parse_record
+from ubm_build import data, export, server
+from ubm_build.behaviour_text import behaviour_text, tokenize
+from ubm_build.model import BehaviourModel, load_tokenizer
+from ubm_build.train import Inputs
+
+ROOT = data.PROJECT_ROOT
+DEFAULT_RECORDS = 512
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CONCURRENCY = (1, 4, 16)
+SEEDS_VOCAB_SIZE = 28996
+"""bert-base-cased's vocabulary. Our tokenizer's ids are folded into it (id mod 28,996): the
+weights are random, so only the amount of work matters, and that is the same."""
+IN_PROCESS_VARIANTS = ("fp32", "int8")
+REQUEST_TIMEOUT_S = 600.0
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    description: str
+    records_per_call: int
+    """Records per model call (seeds' way, in process) or per request (served)."""
+    latency_of: str
+    """What p50/p99 measure: one "record", one "batch" in process, one "request" served."""
+    records: int
+    seconds: float
+    records_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise(
+    name: str,
+    description: str,
+    records_per_call: int,
+    latency_of: str,
+    latencies_s: Sequence[float],
+    records: int,
+    seconds: float,
+) -> Row:
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    return Row(
+        name=name,
+        description=description,
+        records_per_call=records_per_call,
+        latency_of=latency_of,
+        records=records,
+        seconds=round(seconds, 3),
+        records_per_s=records / seconds,
+        p50_ms=float(np.percentile(ms, 50)),
+        p99_ms=float(np.percentile(ms, 99)),
+    )
+
+
+def sample_records(n: int, csv: Path = data.DEFAULT_CSV, seed: int = 0) -> list[Record]:
+    """`n` test-day sessions in a fixed random order, as the SDK's validated records.
+
+    The test window is repeated when `n` is larger than it.
+    """
+    examples = [ex for ex in data.make_examples(data.read_events(csv)) if ex.window == "test"]
+    if not examples:
+        raise click.ClickException(f"{csv} has no test-window sessions")
+    random.Random(seed).shuffle(examples)
+    return [parse_record(examples[i % len(examples)].to_record()) for i in range(n)]
+
+
+def batches_of(records: Sequence[Record], batch_size: int) -> list[list[Record]]:
+    return [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
+
+
+class SeedsWayModel(nn.Module):
+    """bert-base-cased's architecture with random weights; [CLS] vector -> linear -> sigmoid."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=SEEDS_VOCAB_SIZE)  # the rest are bert-base's defaults
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.sigmoid(self.classifier(hidden[:, 0]))
+
+
+@torch.inference_mode()
+def bench_seeds_way(records: Sequence[Record], tokenizer, max_length: int) -> Row:
+    model = SeedsWayModel().eval()
+
+    def score(record: Record) -> None:
+        ids, mask = tokenize(tokenizer, [behaviour_text(record.events)], max_length)
+        model(torch.from_numpy(ids % SEEDS_VOCAB_SIZE), torch.from_numpy(mask))
+
+    score(records[0])  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for record in records:
+        t = time.perf_counter()
+        score(record)
+        latencies.append(time.perf_counter() - t)
+    seconds = time.perf_counter() - started
+    description = "bert-base-cased arch, random weights, eager, 1 record/call, [CLS] + linear"
+    return summarise("seeds_way", description, 1, "record", latencies, len(records), seconds)
+
+
+def _time_batches(
+    batches: Sequence[Sequence[Record]], score: Callable[[Sequence[Record]], object]
+) -> tuple[list[float], float]:
+    score(batches[0])  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for batch in batches:
+        t = time.perf_counter()
+        score(batch)
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.perf_counter() - started
+
+
+@torch.inference_mode()
+def bench_pytorch(model: BehaviourModel, tokenizer, batches, max_length: int) -> Row:
+    model.eval()
+
+    def score(batch: Sequence[Record]) -> np.ndarray:
+        inputs = Inputs.of([record.events for record in batch])
+        ids, mask = tokenize(tokenizer, inputs.texts, max_length)
+        embedding = model.encoder(torch.from_numpy(ids), torch.from_numpy(mask))
+        return model.head(embedding, torch.from_numpy(inputs.features)).numpy()
+
+    latencies, seconds = _time_batches(batches, score)
+    n = sum(len(batch) for batch in batches)
+    description = "our MiniLM model (BehaviourModel.load), PyTorch eager, batched"
+    return summarise("pytorch", description, len(batches[0]), "batch", latencies, n, seconds)
+
+
+def bench_ort(variant: str, encoder: Path, head: Path, tokenizer, batches, max_length: int) -> Row:
+    encoder_session, head_session = export.session(encoder), export.session(head)
+
+    def score(batch: Sequence[Record]) -> np.ndarray:
+        inputs = Inputs.of([record.events for record in batch])
+        ids, mask = tokenize(tokenizer, inputs.texts, max_length)
+        feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
+        embedding = encoder_session.run([contract.EMBEDDING], feeds)[0]
+        head_feeds = {contract.EMBEDDING: embedding, contract.FEATURES: inputs.features}
+        return head_session.run([contract.PURCHASE_PROBABILITY], head_feeds)[0]
+
+    latencies, seconds = _time_batches(batches, score)
+    n = sum(len(batch) for batch in batches)
+    description = f"ONNX Runtime in this process, {variant} encoder + head, batched"
+    name = f"ort_{variant.replace('-', '_')}"
+    return summarise(name, description, len(batches[0]), "batch", latencies, n, seconds)
+
+
+def bench_served(url: str, batches: Sequence[Sequence[Record]], concurrency: int) -> Row:
+    """`concurrency` threads, each with its own client, take batches from one queue."""
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    for batch in batches:
+        work.put(batch)
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(concurrency + 1)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with UbmClient(url, timeout_s=REQUEST_TIMEOUT_S) as client:
+            client.is_ready()  # connects the channel before the clock starts
+            start.wait()
+            while True:
+                try:
+                    batch = work.get_nowait()
+                except queue.Empty:
+                    return
+                t = time.perf_counter()
+                try:
+                    client.score_batch(batch)
+                except BaseException as e:
+                    errors.append(e)
+                    return
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise click.ClickException(
+            f"served request failed at concurrency {concurrency}: {errors[0]}"
+        )
+    n = sum(len(batch) for batch in batches)
+    description = f"tritonserver ensemble via UbmClient, {concurrency} thread(s) with own client"
+    return summarise(
+        f"served_c{concurrency}", description, len(batches[0]), "request", latencies, n, seconds
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def served_variant(repository: Path, onnx_dir: Path) -> str | None:
+    """Which `encoder-<variant>.onnx` in `onnx_dir` the repository's encoder is, by content."""
+    served = repository / contract.ENCODER / "1" / "model.onnx"
+    if not served.is_file():
+        return None
+    target = _digest(served)
+    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
+        if _digest(candidate) == target:
+            return candidate.stem.removeprefix("encoder-")
+    return None
+
+
+def served_max_length(repository: Path) -> int | None:
+    """The token budget the repository's preprocess model cuts records to."""
+    config = repository / contract.PREPROCESS / "config.pbtxt"
+    if not config.is_file():
+        return None
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    if "max_length" not in parsed.parameters:
+        return None
+    return int(parsed.parameters["max_length"].string_value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
+    if numerator is None or denominator is None:
+        return None
+    return numerator.records_per_s / denominator.records_per_s
+
+
+def run(
+    *,
+    model_dir: Path,
+    onnx_dir: Path,
+    repository: Path,
+    records: int = DEFAULT_RECORDS,
+    seeds_records: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: int | None = None,
+    concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
+    url: str | None = None,
+    csv: Path = data.DEFAULT_CSV,
+    workdir: Path = ROOT / ".run" / "bench",
+    log: Log = print,
+) -> dict:
+    """Run every row and return the results as a JSON-ready dict (see `write`)."""
+    model = BehaviourModel.load(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    max_length = max_length or model.spec.max_length
+    variant = served_variant(repository, onnx_dir)
+    chosen = sample_records(records, csv)
+    batches = batches_of(chosen, batch_size)
+    served_length = served_max_length(repository)
+    log(
+        f"{len(chosen)} test-day records, {batch_size} per batch, max_length {max_length},"
+        f" served encoder: {variant or 'unknown'}"
+    )
+    if variant is None:
+        log(f"warning: {repository}'s encoder is none of {onnx_dir}/encoder-*.onnx")
+    if served_length not in (None, max_length):
+        log(
+            f"warning: the server cuts records to {served_length} tokens,"
+            f" the in-process rows to {max_length}"
+        )
+    rows: list[Row] = []
+
+    def add(row: Row) -> Row:
+        rows.append(row)
+        log(
+            f"{row.name}: {row.records_per_s:.1f} records/s, p50 {row.p50_ms:.1f} ms,"
+            f" p99 {row.p99_ms:.1f} ms per {row.latency_of}"
+        )
+        return row
+
+    seeds = add(bench_seeds_way(chosen[:seeds_records], tokenizer, max_length))
+    gc.collect()
+    add(bench_pytorch(model, tokenizer, batches, max_length))
+    del model
+    gc.collect()
+    ort_rows = {}
+    head = onnx_dir / "head.onnx"
+    for name in dict.fromkeys([*IN_PROCESS_VARIANTS, *([variant] if variant else [])]):
+        encoder = onnx_dir / f"encoder-{name}.onnx"
+        if encoder.is_file():
+            ort_rows[name] = add(bench_ort(name, encoder, head, tokenizer, batches, max_length))
+        else:
+            log(f"{encoder} is missing: no ONNX Runtime row for {name}")
+        gc.collect()
+
+    def served_rows(address: str) -> dict[int, Row]:
+        with UbmClient(address, timeout_s=REQUEST_TIMEOUT_S) as client:  # warm-up
+            for batch in batches[:2]:
+                client.score_batch(batch)
+        return {c: add(bench_served(address, batches, c)) for c in concurrency}
+
+    if url:
+        served = served_rows(url)
+    else:
+        ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+        log(f"starting tritonserver on {repository} (log: {workdir / 'tritonserver.log'})")
+        with server.TritonServer(repository, workdir=workdir, ports=ports) as triton:
+            served = served_rows(triton.grpc_url)
+
+    served_c16 = served.get(16)
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
+        "records": len(chosen),
+        "seeds_way_records": seeds.records,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "served_variant": variant,
+        "served_max_length": served_length,
+        "server": url or str(repository),
+        "rows": [row.to_dict() for row in rows],
+        "ratios": {
+            "served_c16_over_inprocess_ort": ratio(served_c16, ort_rows.get(variant)),
+            "served_c16_over_seeds_way": ratio(served_c16, seeds),
+        },
+    }
+
+
+def print_table(result: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    rows = result["rows"]
+    seeds = next((row for row in rows if row["name"] == "seeds_way"), None)
+    table = Table(
+        title=f"{result['records']} records, {result['batch_size']} per batch,"
+        f" max_length {result['max_length']}, {result['machine']['usable_cores']} cores,"
+        f" served encoder {result['served_variant']}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    table.add_column("row", no_wrap=True)
+    for column in ("records", "batch", "records/s", "p50 ms", "p99 ms", "per", "×seeds"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            str(row["records"]),
+            str(row["records_per_call"]),
+            f"{row['records_per_s']:.1f}",
+            f"{row['p50_ms']:.1f}",
+            f"{row['p99_ms']:.1f}",
+            row["latency_of"],
+            f"{row['records_per_s'] / seeds['records_per_s']:.1f}" if seeds else "-",
+        )
+    console.print(table)
+    for row in rows:
+        console.print(f"  {row['name']}: {row['description']}", highlight=False, soft_wrap=True)
+    for key, value in result["ratios"].items():
+        console.print(f"{key}: {'-' if value is None else f'{value:.2f}'}")
+
+
+def write(result: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("comma-separated thread counts, e.g. 1,4,16") from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("each level must be 1 or more")
+    return levels
+
+
+@click.command(help=__doc__.split("\n\n")[0].replace("`", ""))
+@click.option("--records", type=click.IntRange(1), default=DEFAULT_RECORDS, show_default=True)
+@click.option(
+    "--seeds-records",
+    type=click.IntRange(1),
+    help="Score only the first N records the seeds' way (slow)  [default: all].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Records per batch in process and per request served.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(8),
+    help="Tokens per record in process  [default: the model's]. The server keeps its own.",
+)
+@click.option(
+    "--concurrency",
+    default=",".join(map(str, DEFAULT_CONCURRENCY)),
+    show_default=True,
+    callback=_concurrency,
+    help="Client threads for the served rows.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=ROOT / "artifacts" / "model",
+    show_default=True,
+)
+@click.option(
+    "--onnx-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=ROOT / "artifacts" / "onnx",
+    show_default=True,
+)
+@click.option(
+    "--repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=ROOT / "model_repository",
+    show_default=True,
+)
+@click.option("--url", help="Use a running server at HOST:PORT instead of starting one.")
+@click.option(
+    "--csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=data.DEFAULT_CSV,
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=ROOT / "results" / "bench.json",
+    show_default=True,
+)
+def main(
+    records,
+    seeds_records,
+    batch_size,
+    max_length,
+    concurrency,
+    model_dir,
+    onnx_dir,
+    repository,
+    url,
+    csv,
+    out,
+):
+    torch.set_num_threads(os.cpu_count() or 1)
+    console = Console(stderr=True)
+    result = run(
+        model_dir=model_dir,
+        onnx_dir=onnx_dir,
+        repository=repository,
+        records=records,
+        seeds_records=seeds_records,
+        batch_size=batch_size,
+        max_length=max_length,
+        concurrency=concurrency,
+        url=url,
+        csv=csv,
+        log=lambda message: console.print(message, highlight=False, soft_wrap=True),
+    )
+    print_table(result)
+    console.print(f"wrote {write(result, out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""`python -m ubm_build.bench` on the tiny model and repository: every row, and the JSON's shape.
+
+No timing is asserted: the tiny model says nothing about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ubm_build import bench, export
+
+pytestmark = pytest.mark.integration
+
+ROW_FIELDS = {
+    "name",
+    "description",
+    "records_per_call",
+    "latency_of",
+    "records",
+    "seconds",
+    "records_per_s",
+    "p50_ms",
+    "p99_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_model, tiny_onnx, tmp_path_factory):
+    """The layout `ubm-build export` writes: encoder-<variant>.onnx and head.onnx."""
+    model, _ = tiny_model
+    encoder, head = tiny_onnx
+    directory = tmp_path_factory.mktemp("bench_onnx")
+    shutil.copy2(encoder, directory / "encoder-fp32.onnx")
+    shutil.copy2(head, directory / "head.onnx")
+    export.derive_variant(export.Variant.INT8, encoder, model, directory / "encoder-int8.onnx")
+    return directory
+
+
+def test_bench_runs_every_row_and_writes_its_json(
+    triton, tiny_model, tiny_repository, onnx_dir, tmp_path
+):
+    _, model_dir = tiny_model
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        bench.main,
+        [
+            *("--records", "6", "--seeds-records", "2", "--batch-size", "3"),
+            *("--model-dir", str(model_dir), "--onnx-dir", str(onnx_dir)),
+            *("--repository", str(tiny_repository), "--url", triton.grpc_url),
+            *("--out", str(out)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+
+    names = [row["name"] for row in report["rows"]]
+    assert names == [
+        "seeds_way",
+        "pytorch",
+        "ort_fp32",
+        "ort_int8",
+        "served_c1",
+        "served_c4",
+        "served_c16",
+    ]
+    for row in report["rows"]:
+        assert set(row) == ROW_FIELDS
+        assert row["records_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["seeds_way"]["records"] == 2 and rows["seeds_way"]["records_per_call"] == 1
+    assert all(rows[name]["records"] == 6 for name in names[1:])
+    assert rows["served_c16"]["records_per_call"] == 3
+
+    assert report["served_variant"] == "fp32"  # the tiny repository serves the fp32 export
+    assert report["served_max_length"] == report["max_length"] == 64
+    assert report["machine"]["cpu_count"] >= 1
+    ratios = report["ratios"]
+    assert ratios["served_c16_over_inprocess_ort"] == pytest.approx(
+        rows["served_c16"]["records_per_s"] / rows["ort_fp32"]["records_per_s"]
+    )
+    assert ratios["served_c16_over_seeds_way"] == pytest.approx(
+        rows["served_c16"]["records_per_s"] / rows["seeds_way"]["records_per_s"]
+    )
+    assert "served_c16_over_seeds_way" in result.output
+
+
+def test_served_variant_is_recognised_by_content(tiny_repository, onnx_dir, tmp_path):
+    assert bench.served_variant(tiny_repository, onnx_dir) == "fp32"
+    assert bench.served_variant(tiny_repository, tmp_path) is None
+    assert bench.served_variant(tmp_path, onnx_dir) is None
