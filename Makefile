@@ -72,3 +72,16 @@ loadtest: $(BIN)/.installed ## short headless Locust run -> results/loadtest/ (C
 capacity: $(BIN)/.installed ## add users until p99 > SLO_MS -> results/capacity.json, .png
 	$(BIN)/python loadtest/capacity.py --repository $(REPOSITORY) --slo-ms $(SLO_MS) \
 		--batch-size $(LOADTEST_BATCH)
+
+# `make bench-cli`: ubm-client score vs NVIDIA perf_analyzer (tritonclient wheel) on the same
+# ensemble, records, batch size and concurrency -> results/cli_vs_perf_analyzer.json.
+# perf_analyzer needs Debian's libb64-0d (installed here, as root) and libcudart.so.12 from
+# nvidia-cuda-runtime-cu12 (requirements-dev.txt). CI does not run it.
+BENCH_CLI_ARGS ?=
+.PHONY: bench-cli
+bench-cli: $(BIN)/.installed ## ubm-client score vs perf_analyzer records/s (needs `make model`)
+	@ldconfig -p | grep -q libb64 || apt-get install -y -qq libb64-0d \
+		|| { apt-get update -qq && apt-get install -y -qq libb64-0d; }
+	@$(BIN)/python -c 'import nvidia.cuda_runtime' 2>/dev/null \
+		|| $(BIN)/pip install --quiet "$$(grep -E '^nvidia-cuda-runtime-cu12==' requirements-dev.txt)"
+	$(BIN)/python -m ubm_build.bench_cli --repository $(REPOSITORY) $(BENCH_CLI_ARGS)

@@ -1,0 +1,803 @@
+"""`python -m ubm_build.bench_cli` (`make bench-cli`): `ubm-client score` against NVIDIA's
+`perf_analyzer`, on the same ensemble, the same records, batch size and concurrency.
+
+Both load one tritonserver that this command starts on free ports (or the one at ``--url``).
+After a warm-up (the CLI scores every record once, untimed) come ``--rounds`` rounds of:
+
+- ``perf_analyzer`` (the C++ binary shipped in the ``tritonclient`` wheel) sending ``-b B``
+  records per gRPC request with ``C`` requests in flight, until three measurement windows agree
+  (or ``--max-trials`` windows). Its input holds one record per data step; a request of batch B
+  takes B consecutive steps, so its batches are the CLI's batches of the same records file.
+- ``ubm-client score FILE --batch-size B --concurrency C -q -o /dev/null`` on the records file
+  repeated to about ``--cli-seconds`` of work at the first perf_analyzer run's rate. The CLI's
+  figure is lines / wall time of the whole command, start-up and the last, partly filled round
+  of requests included. Beside it: the start-up (the same command on an empty file), the rate
+  the server's own counter shows between 20% and 80% of the run (no start-up, ramp-up or tail,
+  as in perf_analyzer's windows), and the CPU time each client used.
+
+The order alternates between rounds, and the medians are reported: on a small shared machine
+one pair of runs can differ by 15% either way.
+
+perf_analyzer's ``Inferences/Second`` already counts records (requests x batch size); the
+server's own statistics for the run give the records per request as a check. perf_analyzer asks
+for every output of the ensemble (the 384-float embedding too); the CLI, as run by users, only
+for ``purchase_probability``.
+
+perf_analyzer needs Debian's ``libb64-0d`` and ``libcudart.so.12`` (PyPI
+``nvidia-cuda-runtime-cu12``, put on ``LD_LIBRARY_PATH`` here); it uses no GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import resource
+import shlex
+import socket
+import statistics
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from tritonclient.grpc import InferenceServerClient
+
+from ubm import config, contract
+from ubm_build import data, server
+
+ROOT = data.PROJECT_ROOT
+DEFAULT_RECORDS_FILE = ROOT / "examples" / "sessions.jsonl"
+DEFAULT_OUT = ROOT / "results" / "cli_vs_perf_analyzer.json"
+DEFAULT_REPOSITORY = ROOT / "model_repository"
+DEFAULT_ONNX_DIR = ROOT / "artifacts" / "onnx"
+TARGET_RATIO = 0.9
+"""The CLI should reach at least this share of perf_analyzer's records/s."""
+CUDA_RUNTIME = "libcudart.so.12"
+PASS_LINE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec")
+
+
+class BenchError(click.ClickException):
+    """perf_analyzer or the CLI could not be run, or failed."""
+
+
+# -- perf_analyzer ------------------------------------------------------------------------------
+
+
+def perf_analyzer_binary() -> Path:
+    """The ``perf_analyzer`` the ``tritonclient`` wheel installed beside this interpreter."""
+    return Path(sysconfig.get_path("scripts")) / "perf_analyzer"
+
+
+def cuda_runtime_dir() -> Path | None:
+    """The directory holding ``libcudart.so.12`` from the ``nvidia-cuda-runtime-cu12`` wheel."""
+    try:
+        spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    except ModuleNotFoundError:
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        lib = Path(location) / "lib"
+        if (lib / CUDA_RUNTIME).is_file():
+            return lib
+    return None
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    lib = cuda_runtime_dir()
+    if lib is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+def perf_analyzer_problem() -> str | None:
+    """Why perf_analyzer cannot run here, or None when it can."""
+    binary = perf_analyzer_binary()
+    if not binary.is_file():
+        return f"{binary} is missing (it comes with the tritonclient wheel)"
+    if cuda_runtime_dir() is None:
+        return f"{CUDA_RUNTIME} is missing: pip install nvidia-cuda-runtime-cu12"
+    try:
+        result = subprocess.run(
+            [str(binary), "--help"],
+            env=perf_analyzer_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{binary} --help failed: {e}"
+    output = result.stdout + result.stderr
+    if "error while loading shared libraries" in output:
+        line = next(s for s in output.splitlines() if "error while loading" in s)
+        hint = " (apt-get install -y libb64-0d)" if "libb64" in line else ""
+        return f"perf_analyzer cannot start: {line.strip()}{hint}"
+    if "perf_analyzer" not in output and "--concurrency-range" not in output:
+        return f"{binary} --help printed no usage (exit {result.returncode}): {output[-300:]}"
+    return None
+
+
+def write_input_data(lines: list[bytes], path: Path) -> Path:
+    """perf_analyzer's ``--input-data`` JSON: one data step per record, batch-1 shape [1].
+
+    A BYTES element is given as a plain JSON string; perf_analyzer adds the 4-byte length.
+    """
+    steps = [
+        {contract.RECORDS: {"content": [line.decode("utf-8")], "shape": [1]}} for line in lines
+    ]
+    path.write_text(json.dumps({"data": steps}))
+    return path
+
+
+@dataclass(frozen=True)
+class PerfAnalyzerResult:
+    records_per_s: float
+    """perf_analyzer's Inferences/Second: requests/s x batch size."""
+    stable: bool
+    """Whether three windows agreed (if not: the mean of the last three that had requests)."""
+    p50_latency_ms: float | None
+    p99_latency_ms: float | None
+    passes: int
+    """Measurement windows that recorded requests."""
+    seconds: float
+    cpu_s: float
+    """CPU time (user + system) perf_analyzer used, all of its threads."""
+    server_records_per_request: float | None
+    """Records per request of the ensemble during the run, from the server's statistics."""
+    command: str
+
+
+def _ensemble_counts(url: str) -> tuple[int, int] | None:
+    """(successful requests, records inferred) of the ensemble so far, from the server."""
+    try:
+        with InferenceServerClient(url) as client:
+            stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)
+    except Exception:  # statistics are a cross-check only
+        return None
+    for model in stats.get("model_stats", []):
+        if model.get("name") == contract.ENSEMBLE:
+            success = model.get("inference_stats", {}).get("success", {})
+            return int(success.get("count", 0)), int(model.get("inference_count", 0))
+    return None
+
+
+def parse_passes(stdout: str) -> list[float]:
+    """Throughput (records/s) of every measurement pass perf_analyzer printed."""
+    return [float(m.group(2)) for m in PASS_LINE.finditer(stdout)]
+
+
+def parse_csv(text: str) -> dict[str, str]:
+    """The first data row of perf_analyzer's ``-f`` CSV report, by column name."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise BenchError("perf_analyzer's CSV report has no row")
+    return rows[0]
+
+
+def run_perf_analyzer(
+    url: str,
+    input_data: Path,
+    *,
+    batch_size: int,
+    concurrency: int,
+    measurement_interval_ms: int,
+    max_trials: int,
+    stability_percentage: float,
+    workdir: Path,
+) -> PerfAnalyzerResult:
+    report = workdir / "perf_analyzer.csv"
+    command = [
+        str(perf_analyzer_binary()),
+        "-m",
+        contract.ENSEMBLE,
+        "-i",
+        "grpc",
+        "-u",
+        url,
+        "-b",
+        str(batch_size),
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--input-data",
+        str(input_data),
+        "--measurement-interval",
+        str(measurement_interval_ms),
+        "--max-trials",
+        str(max_trials),
+        "--stability-percentage",
+        str(stability_percentage),
+        "--percentile",
+        "50",
+        "-f",
+        str(report),
+        "-v",  # prints every measurement pass
+    ]
+    # perf_analyzer stops when three windows agree, or after max_trials; then it drains.
+    timeout_s = measurement_interval_ms / 1000 * (max_trials + 2) + 120
+    before = _ensemble_counts(url)
+    cpu_before = _children_cpu_s()
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(
+            command,
+            env=perf_analyzer_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"perf_analyzer ran past {timeout_s:.0f} s") from e
+    seconds = time.perf_counter() - started
+    cpu_s = _children_cpu_s() - cpu_before
+    after = _ensemble_counts(url)
+    output = result.stdout + result.stderr
+    (workdir / "perf_analyzer.log").write_text(output)
+    passes = parse_passes(output)
+    if result.returncode == 0 and report.is_file():
+        row = parse_csv(report.read_text())
+        records_per_s = float(row["Inferences/Second"])
+        p50 = float(row["p50 latency"]) / 1000 if row.get("p50 latency") else None
+        p99 = float(row["p99 latency"]) / 1000 if row.get("p99 latency") else None
+        stable = True
+    elif passes:
+        # Not stable within max_trials: report the mean of the last (up to) three passes.
+        records_per_s = sum(passes[-3:]) / len(passes[-3:])
+        p50 = p99 = None
+        stable = False
+    else:
+        raise BenchError(f"perf_analyzer failed (exit {result.returncode}):\n{output[-3000:]}")
+    per_request = None
+    if before and after and after[0] > before[0]:
+        per_request = (after[1] - before[1]) / (after[0] - before[0])
+    return PerfAnalyzerResult(
+        records_per_s=records_per_s,
+        stable=stable,
+        p50_latency_ms=p50,
+        p99_latency_ms=p99,
+        passes=len(passes),
+        seconds=round(seconds, 2),
+        cpu_s=round(cpu_s, 2),
+        server_records_per_request=per_request,
+        command=shlex.join(command),
+    )
+
+
+# -- ubm-client ---------------------------------------------------------------------------------
+
+
+def ubm_client_binary() -> Path:
+    return Path(sysconfig.get_path("scripts")) / "ubm-client"
+
+
+@dataclass(frozen=True)
+class CliResult:
+    lines: int
+    seconds: float
+    """Wall time of the whole command."""
+    startup_s: float
+    """Wall time of the same command on an empty file: interpreter, imports, channel."""
+    records_per_s: float
+    """lines / seconds."""
+    records_per_s_excluding_startup: float
+    server_steady_records_per_s: float | None
+    """Records/s the server finished for the CLI between 20% and 80% of its run: no start-up,
+    ramp-up or tail, like perf_analyzer's windows."""
+    cpu_s: float
+    """CPU time (user + system) the CLI process used."""
+    command: str
+
+
+def cli_command(url: str, path: Path, batch_size: int, concurrency: int) -> list[str]:
+    return [
+        str(ubm_client_binary()),
+        "score",
+        str(path),
+        "--url",
+        url,
+        "--batch-size",
+        str(batch_size),
+        "--concurrency",
+        str(concurrency),
+        "-q",
+        "-o",
+        os.devnull,
+    ]
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(command: list[str]) -> tuple[float, float]:
+    """Run `command`; its wall time and CPU time, in seconds."""
+    cpu_before = _children_cpu_s()
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    cpu_s = _children_cpu_s() - cpu_before
+    if result.returncode != 0:
+        raise BenchError(
+            f"{shlex.join(command)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+        )
+    return seconds, cpu_s
+
+
+class EnsembleSampler:
+    """Samples the ensemble's records-inferred counter while a run goes on, every `period_s`."""
+
+    def __init__(self, url: str, period_s: float = 0.5) -> None:
+        self.url = url
+        self.period_s = period_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            client = InferenceServerClient(self.url)
+        except Exception:  # a diagnostic only
+            return
+        with client:
+            while not self._stop.is_set():
+                try:
+                    stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)
+                    count = int(stats["model_stats"][0].get("inference_count", 0))
+                except Exception:
+                    return
+                self.samples.append((time.perf_counter(), count))
+                self._stop.wait(self.period_s)
+
+    def __enter__(self) -> EnsembleSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def middle_rate(
+        self, start: float, end: float, lo: float = 0.2, hi: float = 0.8
+    ) -> float | None:
+        """Records/s the server completed between `lo` and `hi` of the run (start to end)."""
+        a, b = start + lo * (end - start), start + hi * (end - start)
+        inside = [(t, n) for t, n in self.samples if a <= t <= b]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def write_repeated(lines: list[bytes], n_lines: int, path: Path) -> Path:
+    """``lines`` over and over, ``n_lines`` in all."""
+    with path.open("wb") as f:
+        for i in range(n_lines):
+            f.write(lines[i % len(lines)] + b"\n")
+    return path
+
+
+def run_cli(
+    url: str,
+    lines: list[bytes],
+    n_lines: int,
+    *,
+    batch_size: int,
+    concurrency: int,
+    workdir: Path,
+) -> CliResult:
+    empty = workdir / "empty.jsonl"
+    empty.write_bytes(b"")
+    startup_s, _ = _timed(cli_command(url, empty, batch_size, concurrency))
+    command = cli_command(
+        url, write_repeated(lines, n_lines, workdir / "cli.jsonl"), batch_size, concurrency
+    )
+    with EnsembleSampler(url) as sampler:
+        started = time.perf_counter()
+        seconds, cpu_s = _timed(command)
+    steady = sampler.middle_rate(started, started + seconds)
+    return CliResult(
+        lines=n_lines,
+        seconds=round(seconds, 3),
+        startup_s=round(startup_s, 3),
+        cpu_s=round(cpu_s, 2),
+        records_per_s=n_lines / seconds,
+        records_per_s_excluding_startup=n_lines / max(seconds - startup_s, 1e-9),
+        server_steady_records_per_s=steady,
+        command=shlex.join(command),
+    )
+
+
+# -- the comparison -----------------------------------------------------------------------------
+
+
+def read_records(path: Path, limit: int | None) -> list[bytes]:
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    lines = lines[:limit] if limit else lines
+    if not lines:
+        raise BenchError(f"{path} holds no records")
+    return lines
+
+
+def cli_lines_for(rate: float, seconds: float, batch_size: int, minimum: int) -> int:
+    """Lines for about `seconds` of work at `rate` records/s, whole batches, at least `minimum`."""
+    return max(minimum, math.ceil(rate * seconds / batch_size) * batch_size)
+
+
+def served_variant(repository: Path, onnx_dir: Path) -> str | None:
+    """Which ``encoder-<variant>.onnx`` in `onnx_dir` the repository's encoder is, by content."""
+    served = repository / contract.ENCODER / "1" / "model.onnx"
+    if not served.is_file() or not onnx_dir.is_dir():
+        return None
+    content = served.read_bytes()
+    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
+        if candidate.stat().st_size == len(content) and candidate.read_bytes() == content:
+            return candidate.stem.removeprefix("encoder-")
+    return None
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Round:
+    order: tuple[str, str]
+    perf_analyzer: PerfAnalyzerResult
+    cli: CliResult
+
+    @property
+    def ratio(self) -> float:
+        return self.cli.records_per_s / self.perf_analyzer.records_per_s
+
+    def to_dict(self) -> dict:
+        return {
+            "order": list(self.order),
+            "ratio": round(self.ratio, 4),
+            "perf_analyzer": asdict(self.perf_analyzer),
+            "cli": asdict(self.cli),
+        }
+
+
+def compare(
+    url: str,
+    records: list[bytes],
+    *,
+    rounds: int,
+    batch_size: int,
+    concurrency: int,
+    cli_seconds: float,
+    cli_lines: int | None,
+    measurement_interval_ms: int,
+    max_trials: int,
+    stability_percentage: float,
+    warmup: bool,
+    workdir: Path,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[Round]:
+    """Warm the server up, then `rounds` rounds of perf_analyzer and the CLI.
+
+    The order alternates (perf_analyzer first in odd rounds), so that a drift of the machine's
+    speed does not always favour the same client. Every CLI run scores the same lines: about
+    `cli_seconds` of work at the first perf_analyzer run's rate.
+    """
+    if warmup:
+        log(f"warm-up: the CLI scores the {len(records)} records once")
+        run_cli(
+            url,
+            records,
+            len(records),
+            batch_size=batch_size,
+            concurrency=concurrency,
+            workdir=workdir,
+        )
+    input_data = write_input_data(records, workdir / "perf_analyzer_input.json")
+
+    def perf_analyzer() -> PerfAnalyzerResult:
+        return run_perf_analyzer(
+            url,
+            input_data,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            measurement_interval_ms=measurement_interval_ms,
+            max_trials=max_trials,
+            stability_percentage=stability_percentage,
+            workdir=workdir,
+        )
+
+    def cli(n_lines: int) -> CliResult:
+        return run_cli(
+            url, records, n_lines, batch_size=batch_size, concurrency=concurrency, workdir=workdir
+        )
+
+    done: list[Round] = []
+    n_lines = cli_lines
+    for i in range(rounds):
+        if i % 2 == 0 or n_lines is None:
+            log(f"round {i + 1}/{rounds}: perf_analyzer, then the CLI")
+            pa = perf_analyzer()
+            if n_lines is None:
+                n_lines = cli_lines_for(pa.records_per_s, cli_seconds, batch_size, len(records))
+            done.append(Round(("perf_analyzer", "cli"), pa, cli(n_lines)))
+        else:
+            log(f"round {i + 1}/{rounds}: the CLI, then perf_analyzer")
+            c = cli(n_lines)
+            done.append(Round(("cli", "perf_analyzer"), perf_analyzer(), c))
+    return done
+
+
+def result_dict(
+    rounds: list[Round],
+    *,
+    batch_size: int,
+    concurrency: int,
+    records: int,
+    records_file: Path,
+    variant: str | None,
+    measurement_interval_ms: int,
+    max_trials: int,
+    stability_percentage: float,
+) -> dict:
+    """Medians over the rounds, and every round."""
+    pa = statistics.median(r.perf_analyzer.records_per_s for r in rounds)
+    cli = statistics.median(r.cli.records_per_s for r in rounds)
+    cli_net = statistics.median(r.cli.records_per_s_excluding_startup for r in rounds)
+    steady = [r.cli.server_steady_records_per_s for r in rounds]
+    ratio = cli / pa
+    return {
+        "cli_records_per_s": round(cli, 2),
+        "perf_analyzer_records_per_s": round(pa, 2),
+        "ratio": round(ratio, 4),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "round_ratios": [round(r.ratio, 4) for r in rounds],
+        "ratio_excluding_cli_startup": round(cli_net / pa, 4),
+        "ratio_steady": (
+            round(statistics.median(steady) / pa, 4) if all(x is not None for x in steady) else None
+        ),
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+        "records": records,
+        "records_file": _shown(records_file),
+        "cli_lines": rounds[0].cli.lines,
+        "served_variant": variant,
+        "cores": cores(),
+        "perf_analyzer_settings": {
+            "measurement_interval_ms": measurement_interval_ms,
+            "max_trials": max_trials,
+            "stability_percentage": stability_percentage,
+            "tritonclient": _version("tritonclient"),
+        },
+        "rounds": [r.to_dict() for r in rounds],
+        "outputs": (
+            "perf_analyzer requests both ensemble outputs (purchase_probability and the "
+            "384-float embedding); the CLI requests purchase_probability only, as users run it"
+        ),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print_table(result: dict, console: Console) -> None:
+    table = Table(
+        title=(
+            f"ubm ensemble, batch {result['batch_size']}, concurrency {result['concurrency']}, "
+            f"{result['records']} records, {result['cores']} cores, "
+            f"served encoder {result['served_variant'] or 'unknown'}"
+        ),
+        box=box.SIMPLE,
+    )
+    columns = ["round", "first", "perf_analyzer", "ubm-client", "ubm-client steady", "ratio"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("round", "first") else "right")
+    steady = [r["cli"]["server_steady_records_per_s"] for r in result["rounds"]]
+    for i, r in enumerate(result["rounds"], start=1):
+        pa, cli = r["perf_analyzer"], r["cli"]
+        table.add_row(
+            str(i),
+            "pa" if r["order"][0] == "perf_analyzer" else "cli",
+            f"{pa['records_per_s']:.1f}" + ("" if pa["stable"] else "*"),
+            f"{cli['records_per_s']:.1f}",
+            f"{steady[i - 1]:.1f}" if steady[i - 1] else "-",
+            f"{r['ratio']:.3f}",
+        )
+    table.add_row(
+        "median",
+        "",
+        f"{result['perf_analyzer_records_per_s']:.1f}",
+        f"{result['cli_records_per_s']:.1f}",
+        f"{statistics.median(steady):.1f}" if all(steady) else "-",
+        f"{result['ratio']:.3f}",
+    )
+    console.print(table)
+    verdict = "meets" if result["meets_target"] else "MISSES"
+    first = result["rounds"][0]
+    steady_ratio = f"{result['ratio_steady']:.3f}" if result["ratio_steady"] else "-"
+    console.print(
+        f"records/s. ratio {result['ratio']:.3f} {verdict} the {TARGET_RATIO:.0%} target "
+        f"(steady {steady_ratio}). ubm-client: {result['cli_lines']} lines per run, wall time "
+        f"of the whole command (start-up {first['cli']['startup_s']:.1f} s, "
+        f"{first['cli']['cpu_s']:.1f} CPU s); steady: the server's count from 20% to 80% of "
+        f"its run. perf_analyzer: {first['perf_analyzer']['cpu_s']:.1f} CPU s per run, windows "
+        f"of {result['perf_analyzer_settings']['measurement_interval_ms']} ms; * no three "
+        "windows within its stability percentage: the mean of the last three."
+    )
+
+
+@click.command()
+@click.option(
+    "--repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_REPOSITORY,
+    show_default=True,
+    help="Model repository to serve on free ports (ignored with --url).",
+)
+@click.option("--url", help="Benchmark the server already at this gRPC HOST:PORT instead.")
+@click.option(
+    "--onnx-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_ONNX_DIR,
+    show_default=True,
+    help="Exported encoder variants, to name the served one.",
+)
+@click.option(
+    "--records-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_RECORDS_FILE,
+    show_default=True,
+)
+@click.option("--records", "limit", type=click.IntRange(min=1), help="Use the first N records.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
+    default=config.DEFAULT_BATCH_SIZE,
+    show_default=True,
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+)
+@click.option(
+    "--cli-seconds",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="About how long each CLI run lasts, at the first perf_analyzer run's rate.",
+)
+@click.option("--cli-lines", type=click.IntRange(min=1), help="Lines for the CLI run instead.")
+@click.option(
+    "--measurement-interval",
+    "measurement_interval_ms",
+    type=click.IntRange(min=100),
+    default=5000,
+    show_default=True,
+    help="perf_analyzer's window, ms.",
+)
+@click.option("--max-trials", type=click.IntRange(min=3), default=4, show_default=True)
+@click.option("--stability-percentage", type=float, default=10.0, show_default=True)
+@click.option("--warmup/--no-warmup", default=True, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="perf_analyzer + CLI rounds, in alternating order; the medians are reported.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+)
+def main(
+    repository: Path,
+    url: str | None,
+    onnx_dir: Path,
+    records_file: Path,
+    limit: int | None,
+    batch_size: int,
+    concurrency: int,
+    cli_seconds: float,
+    cli_lines: int | None,
+    measurement_interval_ms: int,
+    max_trials: int,
+    stability_percentage: float,
+    warmup: bool,
+    rounds: int,
+    out: Path,
+) -> None:
+    """Compare `ubm-client score` records/s with perf_analyzer's on the ubm ensemble."""
+    problem = perf_analyzer_problem()
+    if problem:
+        raise BenchError(problem)
+    records = read_records(records_file, limit)
+    console = Console()
+    settings = {
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "cli_seconds": cli_seconds,
+        "cli_lines": cli_lines,
+        "measurement_interval_ms": measurement_interval_ms,
+        "max_trials": max_trials,
+        "stability_percentage": stability_percentage,
+        "warmup": warmup,
+        "rounds": rounds,
+        "log": lambda message: console.print(message, style="dim"),
+    }
+    with tempfile.TemporaryDirectory(prefix="ubm_bench_cli_") as tmp:
+        workdir = Path(tmp)
+        if url:
+            variant = None
+            done = compare(url, records, workdir=workdir, **settings)
+        else:
+            variant = served_variant(repository, onnx_dir)
+            ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+            console.print(f"starting tritonserver on {repository} (gRPC port {ports.grpc})")
+            triton = server.TritonServer(repository, workdir=workdir / "triton", ports=ports)
+            try:
+                with triton:
+                    done = compare(triton.grpc_url, records, workdir=workdir, **settings)
+            except server.ServerError as e:
+                raise BenchError(str(e)) from e
+            except BenchError as e:
+                raise BenchError(f"{e.message}\n{triton.log_tail()}") from e
+    result = result_dict(
+        done,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        records=len(records),
+        records_file=records_file,
+        variant=variant,
+        measurement_interval_ms=measurement_interval_ms,
+        max_trials=max_trials,
+        stability_percentage=stability_percentage,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result, console)
+    console.print(f"written: {_shown(out)}")
+
+
+if __name__ == "__main__":
+    main()
