@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ubm import AsyncUbmClient, UbmClient
+from ubm._base import Score
 from ubm_build import data, export, repository, server
 from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
 from ubm_build.train import inputs_of
@@ -80,3 +85,44 @@ def triton(tiny_repository, tmp_path_factory) -> Iterator[server.TritonServer]:
     workdir = tmp_path_factory.mktemp("triton")
     with server.TritonServer(tiny_repository, workdir=workdir, ports=ports) as triton:
         yield triton
+
+
+class BlockingAsyncClient:
+    """Drives an `AsyncUbmClient` from synchronous test code, on an event loop of its own.
+
+    Coroutine methods run to completion; `score_iter` is drained into a list.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+
+        async def create() -> AsyncUbmClient:  # the channel belongs to the running loop
+            return AsyncUbmClient(*args, **kwargs)
+
+        self._client = self._loop.run_until_complete(create())
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name == "score_iter":
+            return lambda *a, **k: self._loop.run_until_complete(_collect(attribute(*a, **k)))
+        if inspect.iscoroutinefunction(attribute):
+            return lambda *a, **k: self._loop.run_until_complete(attribute(*a, **k))
+        return attribute
+
+    def __enter__(self) -> BlockingAsyncClient:
+        self._loop.run_until_complete(self._client.__aenter__())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+
+async def _collect(scores: AsyncIterator[Score]) -> list[Score]:
+    return [score async for score in scores]
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request) -> Callable[..., Any]:
+    """Makes a `UbmClient`, or an `AsyncUbmClient` behind a blocking facade: same test cases."""
+    return UbmClient if request.param == "sync" else BlockingAsyncClient

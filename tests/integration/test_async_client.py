@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-from collections.abc import AsyncIterator, Callable
-from typing import Any
-
 import numpy as np
 import pytest
 
-from ubm import AsyncUbmClient, InvalidRecordError, Score, UbmClient, contract, parse_record
+from ubm import InvalidRecordError, contract, parse_record
 from ubm_build.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
-
-
-class BlockingAsyncClient:
-    """Drives an `AsyncUbmClient` from synchronous test code, on an event loop of its own.
-
-    Coroutine methods run to completion; `score_iter` is drained into a list.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-
-        async def create() -> AsyncUbmClient:  # the channel belongs to the running loop
-            return AsyncUbmClient(*args, **kwargs)
-
-        self._client = self._loop.run_until_complete(create())
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if name == "score_iter":
-            return lambda *a, **k: self._loop.run_until_complete(_collect(attribute(*a, **k)))
-        if inspect.iscoroutinefunction(attribute):
-            return lambda *a, **k: self._loop.run_until_complete(attribute(*a, **k))
-        return attribute
-
-    def __enter__(self) -> BlockingAsyncClient:
-        self._loop.run_until_complete(self._client.__aenter__())
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.run_until_complete(self._client.close())
-        self._loop.close()
-
-
-async def _collect(scores: AsyncIterator[Score]) -> list[Score]:
-    return [score async for score in scores]
-
-
-@pytest.fixture(params=["sync", "async"])
-def connect(request) -> Callable[..., Any]:
-    """Makes a `UbmClient`, or an `AsyncUbmClient` behind a blocking facade."""
-    return UbmClient if request.param == "sync" else BlockingAsyncClient
 
 
 def test_scores_equal_the_in_process_model(connect, triton, tiny_model, tokenizer, examples):
