@@ -319,15 +319,18 @@ def _write(stream: BinaryIO, rows: list[Row]) -> None:
     stream.flush()
 
 
-@main.command()
-@connection_options
-@click.option(
+_check_timeout_option = click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=HEALTH_TIMEOUT_S,
     show_default=True,
     help="Seconds each call may take.",
 )
+
+
+@main.command()
+@connection_options
+@_check_timeout_option
 @click.pass_context
 def info(ctx: click.Context, connection: Connection, timeout: float) -> None:
     """Print the model's metadata and configuration as JSON.
@@ -348,13 +351,7 @@ def info(ctx: click.Context, connection: Connection, timeout: float) -> None:
 
 @main.command()
 @connection_options
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=HEALTH_TIMEOUT_S,
-    show_default=True,
-    help="Seconds each check may take.",
-)
+@_check_timeout_option
 @click.pass_context
 def health(ctx: click.Context, connection: Connection, timeout: float) -> None:
     """Check that the server and the ubm model are ready.
