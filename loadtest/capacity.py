@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     import locust  # noqa: F401
 
     sys.path.insert(0, str(HERE))
-    from local_server import RUN_DIR, local_server, served_variant
+    from local_server import RUN_DIR, local_server
+
+    from ubm_build.repository import served_variant
 
     args = parse_args(argv)
 

@@ -6,8 +6,6 @@ Free ports (not UBM_*_PORT) so that a load test never collides with a server tha
 
 from __future__ import annotations
 
-import hashlib
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,37 +18,15 @@ DEFAULT_ONNX_DIR = ROOT / "artifacts" / "onnx"
 RUN_DIR = ROOT / ".run"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_server(repository: Path, workdir: Path, log=print) -> Iterator[str]:
     """Serve `repository` on free localhost ports; yields the gRPC address ``host:port``."""
     if not (Path(repository) / "ubm" / "config.pbtxt").is_file():
         raise SystemExit(f"{repository} holds no ubm ensemble: run `make model` first")
-    ports = Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+    ports = Ports.free()
     server = TritonServer(repository, workdir=workdir, ports=ports)
     log(f"starting tritonserver on {repository} (log: {server.log_path})")
     with server:
         log(f"tritonserver ready at {server.grpc_url}")
         yield server.grpc_url
     log("tritonserver stopped")
-
-
-def served_variant(repository: Path, onnx_dir: Path = DEFAULT_ONNX_DIR) -> str | None:
-    """Which `encoder-<variant>.onnx` of `onnx_dir` the repository serves, by content."""
-
-    def digest(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    served = Path(repository) / "encoder" / "1" / "model.onnx"
-    if not served.is_file():
-        return None
-    target = digest(served)
-    for candidate in sorted(Path(onnx_dir).glob("encoder-*.onnx")):
-        if digest(candidate) == target:
-            return candidate.stem.removeprefix("encoder-")
-    return None

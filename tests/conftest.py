@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,6 @@ from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
 from ubm_build.train import inputs_of
 
 MAX_LENGTH = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +74,7 @@ def tokenizer(tiny_model):
 @pytest.fixture(scope="session")
 def triton(tiny_repository, tmp_path_factory) -> Iterator[server.TritonServer]:
     """A real tritonserver on free localhost ports serving the tiny repository."""
-    ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+    ports = server.Ports.free()
     workdir = tmp_path_factory.mktemp("triton")
     with server.TritonServer(tiny_repository, workdir=workdir, ports=ports) as triton:
         yield triton

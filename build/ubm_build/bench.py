@@ -22,13 +22,11 @@ served (queueing included). A warm-up batch before each row is not timed.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import platform
 import queue
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +48,7 @@ from tritonclient.grpc import model_config_pb2
 from ubm import UbmClient, contract
 from ubm.records import Record, parse_record
 from ubm_build import data, export, server
+from ubm_build import repository as repository_module
 from ubm_build.behaviour_text import behaviour_text, tokenize
 from ubm_build.model import BehaviourModel, load_tokenizer
 from ubm_build.train import Inputs
@@ -253,22 +252,6 @@ def bench_served(url: str, batches: Sequence[Sequence[Record]], concurrency: int
     )
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def served_variant(repository: Path, onnx_dir: Path) -> str | None:
-    """Which `encoder-<variant>.onnx` in `onnx_dir` the repository's encoder is, by content."""
-    served = repository / contract.ENCODER / "1" / "model.onnx"
-    if not served.is_file():
-        return None
-    target = _digest(served)
-    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
-        if _digest(candidate) == target:
-            return candidate.stem.removeprefix("encoder-")
-    return None
-
-
 def served_max_length(repository: Path) -> int | None:
     """The token budget the repository's preprocess model cuts records to."""
     config = repository / contract.PREPROCESS / "config.pbtxt"
@@ -278,12 +261,6 @@ def served_max_length(repository: Path) -> int | None:
     if "max_length" not in parsed.parameters:
         return None
     return int(parsed.parameters["max_length"].string_value)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
@@ -311,7 +288,7 @@ def run(
     model = BehaviourModel.load(model_dir)
     tokenizer = load_tokenizer(model_dir)
     max_length = max_length or model.spec.max_length
-    variant = served_variant(repository, onnx_dir)
+    variant = repository_module.served_variant(repository, onnx_dir)
     chosen = sample_records(records, csv)
     batches = batches_of(chosen, batch_size)
     served_length = served_max_length(repository)
@@ -360,7 +337,7 @@ def run(
     if url:
         served = served_rows(url)
     else:
-        ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+        ports = server.Ports.free()
         log(f"starting tritonserver on {repository} (log: {workdir / 'tritonserver.log'})")
         with server.TritonServer(repository, workdir=workdir, ports=ports) as triton:
             served = served_rows(triton.grpc_url)

@@ -38,7 +38,6 @@ import os
 import re
 import resource
 import shlex
-import socket
 import statistics
 import subprocess
 import sysconfig
@@ -59,6 +58,7 @@ from tritonclient.grpc import InferenceServerClient
 
 from ubm import config, contract
 from ubm_build import data, server
+from ubm_build import repository as repository_module
 
 ROOT = data.PROJECT_ROOT
 DEFAULT_RECORDS_FILE = ROOT / "examples" / "sessions.jsonl"
@@ -440,18 +440,6 @@ def cli_lines_for(rate: float, seconds: float, batch_size: int, minimum: int) ->
     return max(minimum, math.ceil(rate * seconds / batch_size) * batch_size)
 
 
-def served_variant(repository: Path, onnx_dir: Path) -> str | None:
-    """Which ``encoder-<variant>.onnx`` in `onnx_dir` the repository's encoder is, by content."""
-    served = repository / contract.ENCODER / "1" / "model.onnx"
-    if not served.is_file() or not onnx_dir.is_dir():
-        return None
-    content = served.read_bytes()
-    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
-        if candidate.stat().st_size == len(content) and candidate.read_bytes() == content:
-            return candidate.stem.removeprefix("encoder-")
-    return None
-
-
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -610,12 +598,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def print_table(result: dict, console: Console) -> None:
     table = Table(
         title=(
@@ -771,8 +753,8 @@ def main(
             variant = None
             done = compare(url, records, workdir=workdir, **settings)
         else:
-            variant = served_variant(repository, onnx_dir)
-            ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+            variant = repository_module.served_variant(repository, onnx_dir)
+            ports = server.Ports.free()
             console.print(f"starting tritonserver on {repository} (gRPC port {ports.grpc})")
             triton = server.TritonServer(repository, workdir=workdir / "triton", ports=ports)
             try:

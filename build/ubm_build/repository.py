@@ -189,3 +189,15 @@ def write_repository(
             shutil.copy2(TRITON_MODELS / "onnx_model.py", out / name / "1" / "model.py")
         shutil.copy2(onnx, out / name / "1" / "model.onnx")
     return out
+
+
+def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:
+    """Which ``encoder-<variant>.onnx`` of `onnx_dir` the repository serves, by content."""
+    served = repository_dir / contract.ENCODER / "1" / "model.onnx"
+    if not served.is_file():
+        return None
+    content = served.read_bytes()
+    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
+        if candidate.read_bytes() == content:
+            return candidate.stem.removeprefix("encoder-")
+    return None

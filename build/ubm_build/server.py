@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -42,6 +43,11 @@ class Ports:
     metrics: int = contract.DEFAULT_METRICS_PORT
 
     @classmethod
+    def free(cls) -> Ports:
+        """Three ports nobody listens on now (for tests and benchmarks)."""
+        return cls(grpc=free_port(), http=free_port(), metrics=free_port())
+
+    @classmethod
     def from_env(cls) -> Ports:
         """Ports from UBM_GRPC_PORT, UBM_HTTP_PORT, UBM_METRICS_PORT (default 8001/8000/8002)."""
         return cls(
@@ -49,6 +55,13 @@ class Ports:
             http=int(os.environ.get("UBM_HTTP_PORT", contract.DEFAULT_HTTP_PORT)),
             metrics=int(os.environ.get("UBM_METRICS_PORT", contract.DEFAULT_METRICS_PORT)),
         )
+
+
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assemble_backends(directory: Path) -> Path:

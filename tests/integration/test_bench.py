@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ubm_build import bench, export
+from ubm_build.repository import served_variant
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +90,6 @@ def test_bench_runs_every_row_and_writes_its_json(
 
 
 def test_served_variant_is_recognised_by_content(tiny_repository, onnx_dir, tmp_path):
-    assert bench.served_variant(tiny_repository, onnx_dir) == "fp32"
-    assert bench.served_variant(tiny_repository, tmp_path) is None
-    assert bench.served_variant(tmp_path, onnx_dir) is None
+    assert served_variant(tiny_repository, onnx_dir) == "fp32"
+    assert served_variant(tiny_repository, tmp_path) is None
+    assert served_variant(tmp_path, onnx_dir) is None

@@ -18,7 +18,6 @@ import orjson
 import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import free_port
 
 from ubm import UbmClient, parse_record
 from ubm.cli import main
@@ -37,7 +36,7 @@ class CrashableServer:
     def __init__(self, repository: Path, workdir: Path) -> None:
         self.repository = repository
         self.workdir = workdir
-        self.ports = server.Ports(grpc=free_port(), http=free_port(), metrics=free_port())
+        self.ports = server.Ports.free()
         self.grpc_url = f"127.0.0.1:{self.ports.grpc}"
         self._server: server.TritonServer | None = None
         self._starts = 0
