@@ -146,14 +146,7 @@ def bench_seeds_way(records: Sequence[Record], tokenizer, max_length: int) -> Ro
         ids, mask = tokenize(tokenizer, [behaviour_text(record.events)], max_length)
         model(torch.from_numpy(ids % SEEDS_VOCAB_SIZE), torch.from_numpy(mask))
 
-    score(records[0])  # warm-up
-    latencies = []
-    started = time.perf_counter()
-    for record in records:
-        t = time.perf_counter()
-        score(record)
-        latencies.append(time.perf_counter() - t)
-    seconds = time.perf_counter() - started
+    latencies, seconds = _time_batches([[r] for r in records], lambda one: score(one[0]))
     description = "bert-base-cased arch, random weights, eager, 1 record/call, [CLS] + linear"
     return summarise("seeds_way", description, 1, "record", latencies, len(records), seconds)
 

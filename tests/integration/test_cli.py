@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
 
-from ubm import UbmClient
 from ubm.cli import main
-from ubm_build.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -20,18 +17,6 @@ def run_score(triton, stdin: bytes, *args: str):
     )
     rows = [orjson.loads(line) for line in result.stdout_bytes.splitlines()]
     return result.exit_code, rows
-
-
-def test_sdk_scores_equal_in_process_model(triton, tiny_model, tokenizer, examples):
-    model, _ = tiny_model
-    sample = examples["test"][:70]
-    with UbmClient(triton.grpc_url, batch_size=32) as client:
-        assert client.is_ready()
-        scores = client.score([ex.to_record() for ex in sample], embedding=True)
-    assert [s.id for s in scores] == [ex.id for ex in sample]
-    expected = predict(model, tokenizer, inputs_of(sample))
-    np.testing.assert_allclose([s.purchase_probability for s in scores], expected, atol=1e-5)
-    assert {len(s.embedding) for s in scores} == {model.spec.hidden_size}
 
 
 def test_all_lines_scored_exit_0(triton, examples):
