@@ -61,8 +61,12 @@ def _counts(events: Sequence[EventLike]) -> str:
     return " ".join(f"{counts[kind]} {kind}" for kind in EVENT_TYPES)
 
 
-def behaviour_text(events: Sequence[EventLike]) -> str:
-    """Render time-ordered (oldest first) events as the model's input text."""
+def behaviour_text(events: Sequence[EventLike], max_words: int | None = None) -> str:
+    """Render time-ordered (oldest first) events as the model's input text.
+
+    With `max_words`, older events stop being rendered once the text has that many
+    whitespace-separated words: the text is the full text cut at an event boundary.
+    """
     if not events:
         raise ValueError("behaviour_text needs at least one event")
     history, session = split_session(events)
@@ -70,9 +74,12 @@ def behaviour_text(events: Sequence[EventLike]) -> str:
     parts = [f"session {len(session)} events {span}: {_counts(session)}"]
     if history:
         parts.append(f"history {len(history)} events: {_counts(history)}")
+    words = sum(len(part.split()) + 1 for part in parts)  # each part and the "|" after it
     rendered = []
     newest = list(events[-MAX_TEXT_EVENTS:])
     for i in range(len(newest) - 1, -1, -1):
+        if max_words is not None and words >= max_words:
+            break
         event = newest[i]
         text = f"{event.type} item {event.item}"
         if event.category:
@@ -80,6 +87,7 @@ def behaviour_text(events: Sequence[EventLike]) -> str:
         if i > 0:
             text += f" after {_duration(event.ts - newest[i - 1].ts)}"
         rendered.append(text)
+        words += len(text.split()) + 1  # and the ";" after it
     parts.append(" ; ".join(rendered))
     return " | ".join(parts)
 
@@ -90,9 +98,36 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarr
     Each text is cut to `max_length` tokens from the right (the oldest events); the batch is
     padded to its longest sequence rounded up to `PAD_MULTIPLE`, never beyond `max_length`.
     """
+    return _pad(tokenizer, _encode(tokenizer, texts, max_length), max_length)
+
+
+def encode_events(
+    tokenizer, event_sequences: Sequence[Sequence[EventLike]], max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`tokenize` of each sequence's `behaviour_text`, rendering only the events that can fit.
+
+    The texts are cut after `max_length` words. A word is at least one token and WordPiece
+    tokenizes words separately, so a cut text that still reaches `max_length` tokens gives the
+    same ids as the full one, for a fraction of the tokenizer's work. Any that comes out
+    shorter is encoded again from its full text.
+    """
+    texts = [behaviour_text(events, max_words=max_length) for events in event_sequences]
+    encodings = _encode(tokenizer, texts, max_length)
+    short = [row for row, encoding in enumerate(encodings) if len(encoding.ids) < max_length]
+    if short:
+        full = [behaviour_text(event_sequences[row]) for row in short]
+        for row, encoding in zip(short, _encode(tokenizer, full, max_length), strict=True):
+            encodings[row] = encoding
+    return _pad(tokenizer, encodings, max_length)
+
+
+def _encode(tokenizer, texts: Sequence[str], max_length: int) -> list:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
-    encodings = tokenizer.encode_batch(list(texts))
+    return tokenizer.encode_batch(list(texts))
+
+
+def _pad(tokenizer, encodings: Sequence, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     longest = max(len(encoding.ids) for encoding in encodings)
     width = min(max_length, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
     pad_id = tokenizer.token_to_id("[PAD]") or 0

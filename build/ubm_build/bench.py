@@ -4,19 +4,23 @@ served ensemble, in one run on this machine.
 Rows, all on the same test-day sessions:
 
 1. ``seeds_way``: bert-base-cased's architecture (12 layers, hidden 768, vocabulary 28,996,
-   random weights), PyTorch eager, one record per call, the [CLS] vector into a linear layer.
-   ``--seeds-records N`` limits it to the first N records, should it be too slow somewhere.
+   random weights), PyTorch eager, one record per call, the [CLS] vector into a linear layer,
+   on the first ``--seeds-records`` records (it is slow; its rate does not depend on how many).
 2. ``pytorch``: our trained model (`BehaviourModel.load`), PyTorch eager, batched.
 3. ``ort_<variant>``: our exported encoder + head in ONNX Runtime in this process, batched, for
-   the fp32 and int8 encoders (and the served variant, if it is another one).
+   the fp32 and int8 encoders (and the served variant, if it is another one). The encoder runs
+   in slices of as many records as the served encoder does (its ``rows_per_run``).
 4. ``served_c<N>``: the `ubm` ensemble in a local tritonserver, through `ubm.UbmClient`, with N
    threads each sending one batch at a time on its own client.
+5. ``ort_<variant>_single`` and ``served_c1_single``: one record per call, for the latency
+   target (served p99 at concurrency 1 under twice the in-process median plus 5 ms).
 
 Every in-process row times what the server does for a record too: behaviour text, session
 features, tokenization and the model (JSON decoding aside). Batched rows use the same batches
 in the same order as the requests sent to the server (no sorting by length). Latency is per
 record for the seeds' way, per batch in process, and per request as the client sees it when
-served (queueing included). A warm-up batch before each row is not timed.
+served (queueing included). A warm-up batch before each row is not timed. Served rows also
+record, from Triton's metrics, each model's mean queue and compute time per request.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,14 +51,17 @@ from tritonclient.grpc import model_config_pb2
 
 from ubm import UbmClient, contract
 from ubm.records import Record, parse_record
-from ubm_build import data, export, server
+from ubm_build import data, export, server, triton_metrics
 from ubm_build import repository as repository_module
-from ubm_build.behaviour_text import behaviour_text, tokenize
+from ubm_build.behaviour_text import encode_events
+from ubm_build.features import feature_matrix
 from ubm_build.model import BehaviourModel, load_tokenizer
-from ubm_build.train import Inputs
+from ubm_build.triton_models.onnx_model import run_in_slices
 
 ROOT = data.PROJECT_ROOT
-DEFAULT_RECORDS = 512
+DEFAULT_RECORDS = 2048
+DEFAULT_SEEDS_RECORDS = 256
+DEFAULT_SINGLE_RECORDS = 256
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CONCURRENCY = (1, 4, 16)
 SEEDS_VOCAB_SIZE = 28996
@@ -79,6 +86,8 @@ class Row:
     records_per_s: float
     p50_ms: float
     p99_ms: float
+    server: dict[str, dict] | None = None
+    """Served rows: per model, `triton_metrics.ModelSplit` as a dict."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +132,15 @@ def batches_of(records: Sequence[Record], batch_size: int) -> list[list[Record]]
     return [list(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
 
 
+def model_inputs(
+    tokenizer, batch: Sequence[Record], max_length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, attention mask and session features: what `preprocess` sends on."""
+    events = [record.events for record in batch]
+    ids, mask = encode_events(tokenizer, events, max_length)
+    return ids, mask, feature_matrix(events)
+
+
 class SeedsWayModel(nn.Module):
     """bert-base-cased's architecture with random weights; [CLS] vector -> linear -> sigmoid."""
 
@@ -143,7 +161,7 @@ def bench_seeds_way(records: Sequence[Record], tokenizer, max_length: int) -> Ro
     model = SeedsWayModel().eval()
 
     def score(record: Record) -> None:
-        ids, mask = tokenize(tokenizer, [behaviour_text(record.events)], max_length)
+        ids, mask = encode_events(tokenizer, [record.events], max_length)
         model(torch.from_numpy(ids % SEEDS_VOCAB_SIZE), torch.from_numpy(mask))
 
     latencies, seconds = _time_batches([[r] for r in records], lambda one: score(one[0]))
@@ -169,10 +187,9 @@ def bench_pytorch(model: BehaviourModel, tokenizer, batches, max_length: int) ->
     model.eval()
 
     def score(batch: Sequence[Record]) -> np.ndarray:
-        inputs = Inputs.of([record.events for record in batch])
-        ids, mask = tokenize(tokenizer, inputs.texts, max_length)
+        ids, mask, features = model_inputs(tokenizer, batch, max_length)
         embedding = model.encoder(torch.from_numpy(ids), torch.from_numpy(mask))
-        return model.head(embedding, torch.from_numpy(inputs.features)).numpy()
+        return model.head(embedding, torch.from_numpy(features)).numpy()
 
     latencies, seconds = _time_batches(batches, score)
     n = sum(len(batch) for batch in batches)
@@ -180,26 +197,44 @@ def bench_pytorch(model: BehaviourModel, tokenizer, batches, max_length: int) ->
     return summarise("pytorch", description, len(batches[0]), "batch", latencies, n, seconds)
 
 
-def bench_ort(variant: str, encoder: Path, head: Path, tokenizer, batches, max_length: int) -> Row:
+def bench_ort(
+    variant: str,
+    encoder: Path,
+    head: Path,
+    tokenizer,
+    batches: Sequence[Sequence[Record]],
+    max_length: int,
+    rows_per_run: int,
+) -> Row:
+    """In-process ONNX Runtime, the encoder in slices of `rows_per_run` records like the server."""
     encoder_session, head_session = export.session(encoder), export.session(head)
 
     def score(batch: Sequence[Record]) -> np.ndarray:
-        inputs = Inputs.of([record.events for record in batch])
-        ids, mask = tokenize(tokenizer, inputs.texts, max_length)
+        ids, mask, features = model_inputs(tokenizer, batch, max_length)
         feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        embedding = encoder_session.run([contract.EMBEDDING], feeds)[0]
-        head_feeds = {contract.EMBEDDING: embedding, contract.FEATURES: inputs.features}
+        embedding = run_in_slices(encoder_session, [contract.EMBEDDING], feeds, rows_per_run)[0]
+        head_feeds = {contract.EMBEDDING: embedding, contract.FEATURES: features}
         return head_session.run([contract.PURCHASE_PROBABILITY], head_feeds)[0]
 
     latencies, seconds = _time_batches(batches, score)
     n = sum(len(batch) for batch in batches)
-    description = f"ONNX Runtime in this process, {variant} encoder + head, batched"
-    name = f"ort_{variant.replace('-', '_')}"
-    return summarise(name, description, len(batches[0]), "batch", latencies, n, seconds)
+    size = len(batches[0])
+    slices = f", {rows_per_run} records per run" if 0 < rows_per_run < size else ""
+    name = f"ort_{variant.replace('-', '_')}" + ("_single" if size == 1 else "")
+    description = f"ONNX Runtime in this process, {variant} encoder + head{slices}"
+    return summarise(name, description, size, "batch", latencies, n, seconds)
 
 
-def bench_served(url: str, batches: Sequence[Sequence[Record]], concurrency: int) -> Row:
-    """`concurrency` threads, each with its own client, take batches from one queue."""
+def bench_served(
+    url: str,
+    batches: Sequence[Sequence[Record]],
+    concurrency: int,
+    metrics_url: str | None = None,
+) -> Row:
+    """`concurrency` threads, each with its own client, take batches from one queue.
+
+    With `metrics_url`, the row carries Triton's per-model split of the run (`triton_metrics`).
+    """
     work: queue.SimpleQueue = queue.SimpleQueue()
     for batch in batches:
         work.put(batch)
@@ -229,6 +264,7 @@ def bench_served(url: str, batches: Sequence[Sequence[Record]], concurrency: int
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
+    before = triton_metrics.scrape(metrics_url) if metrics_url else None
     start.wait()
     started = time.perf_counter()
     for thread in threads:
@@ -238,22 +274,27 @@ def bench_served(url: str, batches: Sequence[Sequence[Record]], concurrency: int
         raise click.ClickException(
             f"served request failed at concurrency {concurrency}: {errors[0]}"
         )
+    split = None
+    if before is not None:
+        after = triton_metrics.scrape(metrics_url)
+        split = {m: s.to_dict() for m, s in triton_metrics.split(before, after).items()}
     n = sum(len(batch) for batch in batches)
+    size = len(batches[0])
+    name = f"served_c{concurrency}" + ("_single" if size == 1 else "")
     description = f"tritonserver ensemble via UbmClient, {concurrency} thread(s) with own client"
-    return summarise(
-        f"served_c{concurrency}", description, len(batches[0]), "request", latencies, n, seconds
-    )
+    row = summarise(name, description, size, "request", latencies, n, seconds)
+    return replace(row, server=split)
 
 
-def served_max_length(repository: Path) -> int | None:
-    """The token budget the repository's preprocess model cuts records to."""
-    config = repository / contract.PREPROCESS / "config.pbtxt"
+def served_parameter(repository: Path, model: str, key: str) -> int | None:
+    """An integer parameter of `model`'s config in `repository` (None if it has none)."""
+    config = repository / model / "config.pbtxt"
     if not config.is_file():
         return None
     parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-    if "max_length" not in parsed.parameters:
+    if key not in parsed.parameters:
         return None
-    return int(parsed.parameters["max_length"].string_value)
+    return int(parsed.parameters[key].string_value)
 
 
 def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
@@ -262,17 +303,33 @@ def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
     return numerator.records_per_s / denominator.records_per_s
 
 
+def latency_target(served: Row | None, in_process: Row | None) -> dict | None:
+    """Served p99 at concurrency 1 against twice the in-process median plus 5 ms (one record)."""
+    if served is None or in_process is None:
+        return None
+    target = 2 * in_process.p50_ms + 5
+    return {
+        "served_c1_single_p99_ms": served.p99_ms,
+        "inprocess_single_p50_ms": in_process.p50_ms,
+        "target_ms": target,
+        "met": served.p99_ms < target,
+    }
+
+
 def run(
     *,
     model_dir: Path,
     onnx_dir: Path,
     repository: Path,
     records: int = DEFAULT_RECORDS,
-    seeds_records: int | None = None,
+    seeds_records: int = DEFAULT_SEEDS_RECORDS,
+    single_records: int = DEFAULT_SINGLE_RECORDS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: int | None = None,
+    rows_per_run: int | None = None,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
     url: str | None = None,
+    metrics_url: str | None = None,
     csv: Path = data.DEFAULT_CSV,
     workdir: Path = ROOT / ".run" / "bench",
     log: Log = print,
@@ -282,12 +339,15 @@ def run(
     tokenizer = load_tokenizer(model_dir)
     max_length = max_length or model.spec.max_length
     variant = repository_module.served_variant(repository, onnx_dir)
+    served_length = served_parameter(repository, contract.PREPROCESS, "max_length")
+    served_rows_per_run = served_parameter(repository, contract.ENCODER, "rows_per_run") or 0
+    rows_per_run = served_rows_per_run if rows_per_run is None else rows_per_run
     chosen = sample_records(records, csv)
     batches = batches_of(chosen, batch_size)
-    served_length = served_max_length(repository)
+    singles = batches_of(chosen[:single_records], 1)
     log(
         f"{len(chosen)} test-day records, {batch_size} per batch, max_length {max_length},"
-        f" served encoder: {variant or 'unknown'}"
+        f" served encoder: {variant or 'unknown'}, {rows_per_run or 'all'} records per run"
     )
     if variant is None:
         log(f"warning: {repository}'s encoder is none of {onnx_dir}/encoder-*.onnx")
@@ -295,6 +355,11 @@ def run(
         log(
             f"warning: the server cuts records to {served_length} tokens,"
             f" the in-process rows to {max_length}"
+        )
+    if rows_per_run != served_rows_per_run:
+        log(
+            f"note: the served encoder runs {served_rows_per_run or 'all'} records at a time,"
+            f" the in-process rows {rows_per_run or 'all'}"
         )
     rows: list[Row] = []
 
@@ -312,30 +377,39 @@ def run(
     del model
     gc.collect()
     ort_rows = {}
+    in_process_single = None
     head = onnx_dir / "head.onnx"
     for name in dict.fromkeys([*IN_PROCESS_VARIANTS, *([variant] if variant else [])]):
         encoder = onnx_dir / f"encoder-{name}.onnx"
-        if encoder.is_file():
-            ort_rows[name] = add(bench_ort(name, encoder, head, tokenizer, batches, max_length))
-        else:
+        if not encoder.is_file():
             log(f"{encoder} is missing: no ONNX Runtime row for {name}")
+            continue
+        ort_rows[name] = add(
+            bench_ort(name, encoder, head, tokenizer, batches, max_length, rows_per_run)
+        )
+        if name == variant:
+            in_process_single = add(
+                bench_ort(name, encoder, head, tokenizer, singles, max_length, rows_per_run)
+            )
         gc.collect()
 
-    def served_rows(address: str) -> dict[int, Row]:
+    def served_rows(address: str, metrics: str | None) -> dict[str, Row]:
         with UbmClient(address, timeout_s=REQUEST_TIMEOUT_S) as client:  # warm-up
             for batch in batches[:2]:
                 client.score_batch(batch)
-        return {c: add(bench_served(address, batches, c)) for c in concurrency}
+        served = {f"c{c}": add(bench_served(address, batches, c, metrics)) for c in concurrency}
+        served["single"] = add(bench_served(address, singles, 1, metrics))
+        return served
 
     if url:
-        served = served_rows(url)
+        served = served_rows(url, metrics_url)
     else:
         ports = server.Ports.free()
         log(f"starting tritonserver on {repository} (log: {workdir / 'tritonserver.log'})")
         with server.TritonServer(repository, workdir=workdir, ports=ports) as triton:
-            served = served_rows(triton.grpc_url)
+            served = served_rows(triton.grpc_url, triton.metrics_url)
 
-    served_c16 = served.get(16)
+    served_c16 = served.get("c16")
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -350,12 +424,15 @@ def run(
         "max_length": max_length,
         "served_variant": variant,
         "served_max_length": served_length,
+        "served_rows_per_run": served_rows_per_run,
+        "in_process_rows_per_run": rows_per_run,
         "server": url or str(repository),
         "rows": [row.to_dict() for row in rows],
         "ratios": {
             "served_c16_over_inprocess_ort": ratio(served_c16, ort_rows.get(variant)),
             "served_c16_over_seeds_way": ratio(served_c16, seeds),
         },
+        "latency_target": latency_target(served["single"], in_process_single),
     }
 
 
@@ -388,8 +465,40 @@ def print_table(result: dict, console: Console | None = None) -> None:
     console.print(table)
     for row in rows:
         console.print(f"  {row['name']}: {row['description']}", highlight=False, soft_wrap=True)
+    split = Table(
+        title="served rows: Triton's mean ms per request, queued / computing, per model",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    split.add_column("row", no_wrap=True)
+    models = (contract.PREPROCESS, contract.ENCODER, contract.HEAD)
+    for model in models:
+        split.add_column(model, justify="right", no_wrap=True)
+    split.add_column("encoder records/run", justify="right", no_wrap=True)
+    for row in rows:
+        server = row.get("server")
+        if server:
+            cells = [
+                f"{server[m]['queue_ms']:.1f} / {server[m]['compute_ms']:.1f}"
+                if m in server
+                else "-"
+                for m in models
+            ]
+            encoder = server.get(contract.ENCODER)
+            per_run = f"{encoder['records_per_execution']:.1f}" if encoder else "-"
+            split.add_row(row["name"], *cells, per_run)
+    if split.row_count:
+        console.print(split)
     for key, value in result["ratios"].items():
         console.print(f"{key}: {'-' if value is None else f'{value:.2f}'}")
+    latency = result.get("latency_target")
+    if latency:
+        console.print(
+            f"served_c1_single p99 {latency['served_c1_single_p99_ms']:.1f} ms against"
+            f" 2 x in-process {latency['inprocess_single_p50_ms']:.1f} ms + 5 ="
+            f" {latency['target_ms']:.1f} ms: {'met' if latency['met'] else 'MISSED'}"
+        )
 
 
 def write(result: dict, path: Path) -> Path:
@@ -413,7 +522,16 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
 @click.option(
     "--seeds-records",
     type=click.IntRange(1),
-    help="Score only the first N records the seeds' way (slow)  [default: all].",
+    default=DEFAULT_SEEDS_RECORDS,
+    show_default=True,
+    help="Records scored the seeds' way (slow).",
+)
+@click.option(
+    "--single-records",
+    type=click.IntRange(1),
+    default=DEFAULT_SINGLE_RECORDS,
+    show_default=True,
+    help="Records scored one per call for the latency rows.",
 )
 @click.option(
     "--batch-size",
@@ -426,6 +544,12 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     "--max-length",
     type=click.IntRange(8),
     help="Tokens per record in process  [default: the model's]. The server keeps its own.",
+)
+@click.option(
+    "--rows-per-run",
+    type=click.IntRange(0),
+    help="Records per in-process encoder run, 0 for whole batches"
+    "  [default: the served encoder's].",
 )
 @click.option(
     "--concurrency",
@@ -454,6 +578,10 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
 )
 @click.option("--url", help="Use a running server at HOST:PORT instead of starting one.")
 @click.option(
+    "--metrics-url",
+    help="With --url: the server's metrics endpoint, e.g. http://HOST:8002, for the time split.",
+)
+@click.option(
     "--csv",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=data.DEFAULT_CSV,
@@ -468,13 +596,16 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
 def main(
     records,
     seeds_records,
+    single_records,
     batch_size,
     max_length,
+    rows_per_run,
     concurrency,
     model_dir,
     onnx_dir,
     repository,
     url,
+    metrics_url,
     csv,
     out,
 ):
@@ -486,10 +617,13 @@ def main(
         repository=repository,
         records=records,
         seeds_records=seeds_records,
+        single_records=single_records,
         batch_size=batch_size,
         max_length=max_length,
+        rows_per_run=rows_per_run,
         concurrency=concurrency,
         url=url,
+        metrics_url=metrics_url,
         csv=csv,
         log=lambda message: console.print(message, highlight=False, soft_wrap=True),
     )

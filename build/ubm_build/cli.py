@@ -90,6 +90,29 @@ int8_option = click.option(
     show_default=True,
     help="Largest tolerated test-window ROC-AUC loss of the int8 variant.",
 )
+
+
+def tuning_options(command):
+    """--encoder-instances etc.: one option per `repository.Tuning` field, passed as `tuning`."""
+    defaults = repository.Tuning()
+    helps = {
+        "encoder_instances": "Encoder model instances.",
+        "encoder_threads": "ONNX Runtime threads per encoder instance (0: all cores).",
+        "encoder_rows_per_run": "Records per ONNX Runtime run of the encoder (0: whole batch).",
+        "preprocess_instances": "Preprocess model instances.",
+        "max_queue_delay_us": "Dynamic batching: longest wait for more requests, per model.",
+    }
+    for field, help_text in reversed(helps.items()):
+        command = click.option(
+            f"--{field.replace('_', '-')}",
+            type=click.IntRange(1 if field.endswith("instances") else 0),
+            default=getattr(defaults, field),
+            show_default=True,
+            help=help_text,
+        )(command)
+    return command
+
+
 reports_option = click.option(
     "--reports",
     type=click.Path(file_okay=False, path_type=Path),
@@ -160,12 +183,24 @@ def export_command(
 @repository_option
 @target_option
 @variant_option
+@tuning_options
 def repository_command(
-    model_dir: Path, onnx_dir: Path, repository_dir: Path, target: str, variant: str | None
+    model_dir: Path,
+    onnx_dir: Path,
+    repository_dir: Path,
+    target: str,
+    variant: str | None,
+    **tuning: int,
 ) -> None:
     """Write the Triton model repository from the exported model."""
     pipeline.repository_step(
-        model_dir, onnx_dir, repository_dir, repository.Target(target), _echo, variant
+        model_dir,
+        onnx_dir,
+        repository_dir,
+        repository.Target(target),
+        _echo,
+        variant,
+        repository.Tuning(**tuning),
     )
 
 

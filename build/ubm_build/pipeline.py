@@ -105,6 +105,7 @@ def repository_step(
     target: repository.Target,
     log: Log,
     variant: str | None = None,
+    tuning: repository.Tuning | None = None,
 ) -> str:
     """Write the repository with `variant`, by default the fastest one that passed."""
     reports = load_variants(onnx_dir)
@@ -119,6 +120,7 @@ def repository_step(
         hidden_size=model.spec.hidden_size,
         n_features=len(model.spec.feature_names),
         target=target,
+        tuning=tuning or repository.Tuning(),
     )
     repository.write_repository(
         out,
@@ -128,6 +130,7 @@ def repository_step(
         head_onnx=onnx_dir / "head.onnx",
     )
     log(f"model repository ({target.value}, encoder {chosen.variant}) written to {out}")
+    log(f"serving {spec.tuning}")
     return chosen.variant
 
 

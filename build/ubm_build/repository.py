@@ -35,16 +35,28 @@ class Target(enum.Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """Serving knobs; the defaults measured fastest on a 2-core CPU (README, Performance)."""
+
+    encoder_instances: int = 1
+    encoder_threads: int = 0
+    """ONNX Runtime intra-op threads per encoder instance; 0 lets ONNX Runtime use every core."""
+    encoder_rows_per_run: int = 8
+    """The CPU target runs the encoder's batch in slices of this many records (0: all at once)."""
+    preprocess_instances: int = 1
+    max_queue_delay_us: int = 0
+    """How long each model's dynamic batcher waits for more requests. Under load, batches form
+    anyway while a model is busy; a delay only adds latency when it is idle."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class RepositorySpec:
     max_length: int
     hidden_size: int
     n_features: int
     target: Target = Target.CPU_PYTHON
     max_batch_size: int = contract.MAX_BATCH_SIZE
-    encoder_instances: int = 1
-    encoder_threads: int = 0
-    """ONNX Runtime intra-op threads for the encoder; 0 lets ONNX Runtime use every core."""
-    max_queue_delay_us: int = 2000
+    tuning: Tuning = Tuning()
 
 
 def _tensor(name: str, data_type: str, dims: list[int], **extra) -> dict:
@@ -58,6 +70,7 @@ def _onnx_model(
     outputs: list[dict],
     instances: int,
     threads: int,
+    rows_per_run: int = 0,
 ) -> dict:
     config = {
         "name": name,
@@ -65,11 +78,14 @@ def _onnx_model(
         "input": inputs,
         "output": outputs,
         "instance_group": [{"kind": "KIND_CPU", "count": instances}],
-        "dynamic_batching": {"max_queue_delay_microseconds": spec.max_queue_delay_us},
+        "dynamic_batching": {"max_queue_delay_microseconds": spec.tuning.max_queue_delay_us},
     }
     if spec.target is Target.CPU_PYTHON:
         config["backend"] = "python"
-        config["parameters"] = {"intra_op_threads": {"string_value": str(threads)}}
+        config["parameters"] = {
+            "intra_op_threads": {"string_value": str(threads)},
+            "rows_per_run": {"string_value": str(rows_per_run)},
+        }
     else:
         config["platform"] = "onnxruntime_onnx"
         config["parameters"] = {
@@ -140,8 +156,8 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "max_batch_size": spec.max_batch_size,
             "input": [records],
             "output": [*token_outputs, feature_tensor],
-            "instance_group": [{"kind": "KIND_CPU", "count": 1}],
-            "dynamic_batching": {"max_queue_delay_microseconds": 0},
+            "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
+            "dynamic_batching": {"max_queue_delay_microseconds": spec.tuning.max_queue_delay_us},
             "parameters": {"max_length": {"string_value": str(spec.max_length)}},
         },
         contract.ENCODER: _onnx_model(
@@ -149,8 +165,9 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             spec,
             token_inputs,
             [embedding],
-            spec.encoder_instances,
-            spec.encoder_threads,
+            spec.tuning.encoder_instances,
+            spec.tuning.encoder_threads,
+            spec.tuning.encoder_rows_per_run,
         ),
         contract.HEAD: _onnx_model(
             contract.HEAD,

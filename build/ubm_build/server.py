@@ -121,6 +121,10 @@ class TritonServer:
         return f"{self.host}:{self.ports.grpc}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.metrics}"
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 

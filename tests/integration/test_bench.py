@@ -26,6 +26,7 @@ ROW_FIELDS = {
     "records_per_s",
     "p50_ms",
     "p99_ms",
+    "server",
 }
 
 
@@ -49,9 +50,11 @@ def test_bench_runs_every_row_and_writes_its_json(
     result = CliRunner().invoke(
         bench.main,
         [
-            *("--records", "6", "--seeds-records", "2", "--batch-size", "3"),
+            *("--records", "6", "--seeds-records", "2", "--single-records", "2"),
+            *("--batch-size", "3", "--rows-per-run", "2"),
             *("--model-dir", str(model_dir), "--onnx-dir", str(onnx_dir)),
             *("--repository", str(tiny_repository), "--url", triton.grpc_url),
+            *("--metrics-url", triton.metrics_url),
             *("--out", str(out)),
         ],
     )
@@ -63,21 +66,36 @@ def test_bench_runs_every_row_and_writes_its_json(
         "seeds_way",
         "pytorch",
         "ort_fp32",
+        "ort_fp32_single",
         "ort_int8",
         "served_c1",
         "served_c4",
         "served_c16",
+        "served_c1_single",
     ]
     for row in report["rows"]:
         assert set(row) == ROW_FIELDS
         assert row["records_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["seeds_way"]["records"] == 2 and rows["seeds_way"]["records_per_call"] == 1
-    assert all(rows[name]["records"] == 6 for name in names[1:])
+    assert all(rows[name]["records"] == 2 for name in names if name.endswith("_single"))
+    assert all(rows[name]["records"] == 6 for name in names[1:] if "single" not in name)
     assert rows["served_c16"]["records_per_call"] == 3
+    assert "2 records per run" in rows["ort_int8"]["description"]
+
+    for name in names:
+        split = rows[name]["server"]
+        if not name.startswith("served"):
+            assert split is None
+            continue
+        assert set(split) == {"ubm", "preprocess", "encoder", "head"}
+        requests = rows[name]["records"] // rows[name]["records_per_call"]
+        assert all(model["requests"] == requests for model in split.values())
+        assert split["encoder"]["records"] == rows[name]["records"]
 
     assert report["served_variant"] == "fp32"  # the tiny repository serves the fp32 export
     assert report["served_max_length"] == report["max_length"] == 64
+    assert report["served_rows_per_run"] == 8 and report["in_process_rows_per_run"] == 2
     assert report["machine"]["cpu_count"] >= 1
     ratios = report["ratios"]
     assert ratios["served_c16_over_inprocess_ort"] == pytest.approx(
@@ -87,6 +105,10 @@ def test_bench_runs_every_row_and_writes_its_json(
         rows["served_c16"]["records_per_s"] / rows["seeds_way"]["records_per_s"]
     )
     assert "served_c16_over_seeds_way" in result.output
+    latency = report["latency_target"]
+    assert latency["target_ms"] == pytest.approx(2 * rows["ort_fp32_single"]["p50_ms"] + 5)
+    assert latency["served_c1_single_p99_ms"] == rows["served_c1_single"]["p99_ms"]
+    assert latency["met"] == (latency["served_c1_single_p99_ms"] < latency["target_ms"])
 
 
 def test_served_variant_is_recognised_by_content(tiny_repository, onnx_dir, tmp_path):

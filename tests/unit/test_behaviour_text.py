@@ -6,6 +6,7 @@ from ubm_build.behaviour_text import (
     PAD_MULTIPLE,
     SESSION_GAP_S,
     behaviour_text,
+    encode_events,
     split_session,
     tokenize,
 )
@@ -62,3 +63,31 @@ def test_batch_is_padded_to_a_multiple_of_the_longest(tokenizer):
     assert mask.sum(1).max() <= ids.shape[1] < mask.sum(1).max() + PAD_MULTIPLE
     assert ids.dtype == mask.dtype == np.int64
     assert (ids[mask == 0] == 0).all()
+
+
+def test_a_word_budget_cuts_the_text_at_an_event_boundary():
+    evs = events(*[(t * 10, "view") for t in range(40)])
+    full, cut = behaviour_text(evs), behaviour_text(evs, max_words=30)
+    assert full.startswith(cut) and full[len(cut) :].startswith(" ; ")
+    assert len(cut.split()) >= 30
+    assert behaviour_text(evs, max_words=10_000) == full
+
+
+@pytest.mark.parametrize("max_length", [16, 64, 96])
+def test_encoding_the_events_matches_tokenizing_the_full_text(tokenizer, examples, max_length):
+    sequences = [ex.events for ex in examples["test"]]
+    expected = tokenize(tokenizer, [behaviour_text(s) for s in sequences], max_length)
+    got = encode_events(tokenizer, sequences, max_length)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_words_that_make_no_tokens_fall_back_to_the_full_text(tokenizer):
+    # U+0301 (a combining accent) is stripped by the normaliser: words that are no token.
+    blank = " ".join(["\u0301"] * 10)
+    evs = [Event(ts=t, type="view", item=blank, category=blank) for t in range(30)]
+    evs.append(Event(ts=40, type="buy", item="7", category="8"))
+    cut = tokenize(tokenizer, [behaviour_text(evs, max_words=48)], 48)
+    full = tokenize(tokenizer, [behaviour_text(evs)], 48)
+    assert cut[1].sum() < full[1].sum() == 48
+    np.testing.assert_array_equal(encode_events(tokenizer, [evs], 48)[0], full[0])

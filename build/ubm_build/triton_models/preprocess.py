@@ -10,7 +10,7 @@ from pathlib import Path
 
 import contract
 import numpy as np
-from behaviour_text import behaviour_text, tokenize
+from behaviour_text import encode_events
 from features import feature_matrix
 from records import RecordError, parse_record_json
 from tokenizers import Tokenizer
@@ -50,8 +50,7 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            texts = [behaviour_text(e) for e in events]
-            ids, mask = tokenize(self.tokenizer, texts, self.max_length)
+            ids, mask = encode_events(self.tokenizer, events, self.max_length)
             responses.append(
                 pb_utils.InferenceResponse(
                     [
