@@ -61,9 +61,12 @@ LOADTEST_USERS ?= 4
 LOADTEST_TIME ?= 30s
 LOADTEST_BATCH ?= 1
 LOADTEST_SHAPE ?=
-.PHONY: bench loadtest capacity
+.PHONY: bench tune loadtest capacity
 bench: $(BIN)/.installed ## seeds' way vs PyTorch vs ONNX Runtime vs served -> results/bench.json
 	$(BIN)/python -m ubm_build.bench --repository $(REPOSITORY)
+
+tune: $(BIN)/.installed ## serve with each tuning variant, measure -> results/tuning.json
+	$(BIN)/python -m ubm_build.tune --repository $(REPOSITORY)
 
 loadtest: $(BIN)/.installed ## short headless Locust run -> results/loadtest/ (CSV + HTML)
 	$(BIN)/python loadtest/run.py --repository $(REPOSITORY) --batch-size $(LOADTEST_BATCH) \

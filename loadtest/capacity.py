@@ -7,6 +7,11 @@ measured, then for ``--step-seconds``, whose every request latency is kept (not 
 histogram). The capacity is the highest records/s among the steps whose p99 stayed within
 ``--slo-ms`` without a failed request.
 
+Then, as a cross-check, NVIDIA's ``perf_analyzer`` (the C++ load generator of the
+``tritonclient`` wheel) loads the same server with as many requests in flight as the capacity
+step had users, the same batch size and the same records (skipped, with the reason, where it
+cannot run; see ``make bench-cli``).
+
 Writes ``capacity.json`` and ``capacity.png`` (throughput, p50 and p99 against users) to
 ``--out-dir``.
 
@@ -222,6 +227,40 @@ def run_steps(
     return measured, reason
 
 
+def perf_analyzer_check(
+    url: str, step: Step, batch_size: int, records_file: Path, workdir: Path, log
+) -> dict:
+    """perf_analyzer at `step`'s concurrency on the same server and records, beside Locust.
+
+    Its measurement windows are half a step long; it stops when three agree within 10%.
+    """
+    from ubm_build import bench_cli
+
+    problem = bench_cli.perf_analyzer_problem()
+    if problem:
+        log(f"perf_analyzer cross-check skipped: {problem}")
+        return {"skipped": problem}
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = bench_cli.read_records(records_file, None)
+    result = bench_cli.run_perf_analyzer(
+        url,
+        bench_cli.write_input_data(records, workdir / "input_data.json"),
+        batch_size=batch_size,
+        concurrency=step.users,
+        measurement_interval_ms=max(500, round(step.seconds * 500)),
+        max_trials=10,
+        stability_percentage=10,
+        workdir=workdir,
+    )
+    ratio = result.records_per_s / step.records_per_s
+    log(
+        f"perf_analyzer, {step.users} requests in flight: {result.records_per_s:.1f} records/s,"
+        f" p99 {result.p99_latency_ms or float('nan'):.1f} ms"
+        f" ({ratio:.2f}x Locust's {step.records_per_s:.1f})"
+    )
+    return {**asdict(result), "concurrency": step.users, "over_locust": ratio}
+
+
 def describe(step: Step) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -255,6 +294,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where `ubm-build export` wrote the encoder variants (to name the served one)",
     )
     parser.add_argument("--url", help="load an already running server at HOST:PORT instead")
+    parser.add_argument(
+        "--no-perf-analyzer",
+        action="store_true",
+        help="skip the perf_analyzer cross-check at the capacity step",
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     try:
@@ -281,13 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    def ramp(url: str) -> tuple[list[Step], str]:
+    def ramp(url: str) -> tuple[list[Step], str, dict | None]:
         log(
             f"ramping users {args.steps} against {url}: {args.batch_size} record(s) per request,"
             f" {args.warmup_seconds:g} s warm-up + {args.step_seconds:g} s measured per step,"
             f" SLO p99 <= {args.slo_ms:g} ms"
         )
-        return run_steps(
+        steps, reason = run_steps(
             url,
             args.steps,
             step_s=args.step_seconds,
@@ -297,12 +341,19 @@ def main(argv: list[str] | None = None) -> int:
             slo_ms=args.slo_ms,
             log=log,
         )
+        best = best_step(steps)
+        if best is None or args.no_perf_analyzer:
+            return steps, reason, None
+        check = perf_analyzer_check(
+            url, best, args.batch_size, args.records_file, RUN_DIR / "capacity" / "pa", log
+        )
+        return steps, reason, check
 
     if args.url:
-        steps, reason = ramp(args.url)
+        steps, reason, cross_check = ramp(args.url)
     else:
         with local_server(args.repository, RUN_DIR / "capacity", log=log) as url:
-            steps, reason = ramp(url)
+            steps, reason, cross_check = ramp(url)
 
     best = best_step(steps)
     result = {
@@ -321,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "stopped_because": reason,
         "capacity": None if best is None else asdict(best),
+        "perf_analyzer": cross_check,
         "steps": [asdict(step) for step in steps],
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 from click.testing import CliRunner
 
-from ubm_build import bench, export
-from ubm_build.repository import served_variant
+from ubm_build import bench, export, tune
+from ubm_build.repository import Tuning, served_variant
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +116,34 @@ def test_served_variant_is_recognised_by_content(tiny_repository, onnx_dir, tmp_
     assert served_variant(tiny_repository, onnx_dir) == "fp32"
     assert served_variant(tiny_repository, tmp_path) is None
     assert served_variant(tmp_path, onnx_dir) is None
+
+
+def test_tune_measures_each_variant_on_its_own_server(
+    tiny_model, tiny_repository, onnx_dir, tmp_path
+):
+    _, model_dir = tiny_model
+    out = tmp_path / "tuning.json"
+    result = CliRunner().invoke(
+        tune.main,
+        [
+            *("--records", "6", "--single-records", "2", "--rounds", "1"),
+            *("--only", "untuned", "--only", "defaults"),
+            *("--model-dir", str(model_dir), "--onnx-dir", str(onnx_dir)),
+            *("--repository", str(tiny_repository), "--run-dir", str(tmp_path / "run")),
+            *("--out", str(out)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["served_variant"] == "fp32"
+    assert [v["name"] for v in report["variants"]] == ["untuned", "defaults"]
+    untuned, defaults = report["variants"]
+    assert untuned["tuning"]["encoder_rows_per_run"] == 0
+    assert defaults["tuning"] == asdict(Tuning())
+    for variant in report["variants"]:
+        assert set(variant["rows"]) == {"served_c1", "served_c16", "served_c1_single"}
+        encoder = variant["rows"]["served_c16"]["server"]["encoder"]
+        assert encoder["records"] == 6
+        assert len(variant["every_round"]) == 1
+    config = tmp_path / "run" / "repositories" / "untuned" / "encoder" / "config.pbtxt"
+    assert 'string_value: "0"' in config.read_text().split("rows_per_run")[1]

@@ -95,6 +95,13 @@ def test_capacity_ramp_writes_json_and_plot(triton, tmp_path):
     assert result["stopped_because"].startswith("reached the last step")
     assert (tmp_path / "capacity.png").read_bytes()[:4] == b"\x89PNG"
     assert "capacity:" in done.stdout
+    check = result["perf_analyzer"]  # at the capacity step's concurrency, where it can run
+    if "skipped" not in check:
+        assert check["concurrency"] == result["capacity"]["users"]
+        assert check["records_per_s"] > 0
+        assert check["over_locust"] == pytest.approx(
+            check["records_per_s"] / result["capacity"]["records_per_s"]
+        )
 
 
 def test_capacity_stops_at_the_first_step_over_the_slo(triton, tmp_path):

@@ -51,4 +51,3 @@ def test_split_gives_means_per_request_between_two_scrapes():
     assert encoder.queue_ms == pytest.approx(2.0)
     assert encoder.compute_ms == pytest.approx((400 + 40000 + 1600) / 4 / 1000)
     assert encoder.to_dict()["requests"] == 4
-
