@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import click
@@ -64,6 +65,7 @@ DEFAULT_SEEDS_RECORDS = 256
 DEFAULT_SINGLE_RECORDS = 256
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CONCURRENCY = (1, 4, 16)
+DEFAULT_ROUNDS = 3
 SEEDS_VOCAB_SIZE = 28996
 """bert-base-cased's vocabulary. Our tokenizer's ids are folded into it (id mod 28,996): the
 weights are random, so only the amount of work matters, and that is the same."""
@@ -88,6 +90,8 @@ class Row:
     p99_ms: float
     server: dict[str, dict] | None = None
     """Served rows: per model, `triton_metrics.ModelSplit` as a dict."""
+    round_records_per_s: list[float] | None = None
+    """Rows measured in rounds: records/s of each round (the row is the median round's)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -297,6 +301,21 @@ def served_parameter(repository: Path, model: str, key: str) -> int | None:
     return int(parsed.parameters[key].string_value)
 
 
+def describe(row: Row) -> str:
+    return (
+        f"{row.name}: {row.records_per_s:.1f} records/s, p50 {row.p50_ms:.1f} ms,"
+        f" p99 {row.p99_ms:.1f} ms per {row.latency_of}"
+    )
+
+
+def median_row(rows: Sequence[Row]) -> Row:
+    """The row of the median round by records/s (the lower middle one for an even count),
+    carrying every round's records/s."""
+    ordered = sorted(rows, key=lambda row: row.records_per_s)
+    middle = ordered[(len(ordered) - 1) // 2]
+    return replace(middle, round_records_per_s=[row.records_per_s for row in rows])
+
+
 def ratio(numerator: Row | None, denominator: Row | None) -> float | None:
     if numerator is None or denominator is None:
         return None
@@ -328,6 +347,7 @@ def run(
     max_length: int | None = None,
     rows_per_run: int | None = None,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
+    rounds: int = DEFAULT_ROUNDS,
     url: str | None = None,
     metrics_url: str | None = None,
     csv: Path = data.DEFAULT_CSV,
@@ -365,10 +385,7 @@ def run(
 
     def add(row: Row) -> Row:
         rows.append(row)
-        log(
-            f"{row.name}: {row.records_per_s:.1f} records/s, p50 {row.p50_ms:.1f} ms,"
-            f" p99 {row.p99_ms:.1f} ms per {row.latency_of}"
-        )
+        log(describe(row))
         return row
 
     seeds = add(bench_seeds_way(chosen[:seeds_records], tokenizer, max_length))
@@ -376,38 +393,53 @@ def run(
     add(bench_pytorch(model, tokenizer, batches, max_length))
     del model
     gc.collect()
-    ort_rows = {}
-    in_process_single = None
     head = onnx_dir / "head.onnx"
+    encoders = {}
     for name in dict.fromkeys([*IN_PROCESS_VARIANTS, *([variant] if variant else [])]):
-        encoder = onnx_dir / f"encoder-{name}.onnx"
-        if not encoder.is_file():
-            log(f"{encoder} is missing: no ONNX Runtime row for {name}")
-            continue
-        ort_rows[name] = add(
-            bench_ort(name, encoder, head, tokenizer, batches, max_length, rows_per_run)
-        )
-        if name == variant:
-            in_process_single = add(
-                bench_ort(name, encoder, head, tokenizer, singles, max_length, rows_per_run)
-            )
-        gc.collect()
+        encoders[name] = onnx_dir / f"encoder-{name}.onnx"
+        if not encoders[name].is_file():
+            log(f"{encoders[name]} is missing: no ONNX Runtime row for {name}")
+        elif name != variant:
+            add(bench_ort(name, encoders[name], head, tokenizer, batches, max_length, rows_per_run))
+            gc.collect()
 
-    def served_rows(address: str, metrics: str | None) -> dict[str, Row]:
+    def compared_rows(address: str, metrics: str | None) -> dict[str, Row]:
+        """The served variant in process and served, in `rounds` alternating rounds."""
         with UbmClient(address, timeout_s=REQUEST_TIMEOUT_S) as client:  # warm-up
             for batch in batches[:2]:
                 client.score_batch(batch)
-        served = {f"c{c}": add(bench_served(address, batches, c, metrics)) for c in concurrency}
-        served["single"] = add(bench_served(address, singles, 1, metrics))
-        return served
+        in_process = []
+        if variant and encoders[variant].is_file():
+            encoder = encoders[variant]
+            in_process = [
+                partial(
+                    bench_ort, variant, encoder, head, tokenizer, work, max_length, rows_per_run
+                )
+                for work in (batches, singles)
+            ]
+        served = [partial(bench_served, address, batches, c, metrics) for c in concurrency]
+        served.append(partial(bench_served, address, singles, 1, metrics))
+        measured: dict[str, list[Row]] = {}
+        for round_ in range(rounds):
+            for measure in in_process + served if round_ % 2 == 0 else served + in_process:
+                row = measure()
+                measured.setdefault(row.name, []).append(row)
+                log(f"round {round_ + 1}: {describe(row)}")
+                gc.collect()
+        return {name: median_row(rows) for name, rows in measured.items()}
 
     if url:
-        served = served_rows(url, metrics_url)
+        compared = compared_rows(url, metrics_url)
     else:
         ports = server.Ports.free()
         log(f"starting tritonserver on {repository} (log: {workdir / 'tritonserver.log'})")
         with server.TritonServer(repository, workdir=workdir, ports=ports) as triton:
-            served = served_rows(triton.grpc_url, triton.metrics_url)
+            compared = compared_rows(triton.grpc_url, triton.metrics_url)
+    for row in compared.values():
+        add(row)
+    in_process_row = compared.get(f"ort_{variant}".replace("-", "_"))
+    in_process_single = compared.get(f"ort_{variant}_single".replace("-", "_"))
+    served = {name.removeprefix("served_"): row for name, row in compared.items()}
 
     served_c16 = served.get("c16")
     return {
@@ -429,10 +461,10 @@ def run(
         "server": url or str(repository),
         "rows": [row.to_dict() for row in rows],
         "ratios": {
-            "served_c16_over_inprocess_ort": ratio(served_c16, ort_rows.get(variant)),
+            "served_c16_over_inprocess_ort": ratio(served_c16, in_process_row),
             "served_c16_over_seeds_way": ratio(served_c16, seeds),
         },
-        "latency_target": latency_target(served["single"], in_process_single),
+        "latency_target": latency_target(served.get("c1_single"), in_process_single),
     }
 
 
@@ -559,6 +591,14 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     help="Client threads for the served rows.",
 )
 @click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=DEFAULT_ROUNDS,
+    show_default=True,
+    help="Rounds of the served variant's rows, in process and served, taking turns;"
+    " the median round is reported.",
+)
+@click.option(
     "--model-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=ROOT / "artifacts" / "model",
@@ -601,6 +641,7 @@ def main(
     max_length,
     rows_per_run,
     concurrency,
+    rounds,
     model_dir,
     onnx_dir,
     repository,
@@ -622,6 +663,7 @@ def main(
         max_length=max_length,
         rows_per_run=rows_per_run,
         concurrency=concurrency,
+        rounds=rounds,
         url=url,
         metrics_url=metrics_url,
         csv=csv,

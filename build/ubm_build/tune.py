@@ -61,17 +61,6 @@ def measure(repository: Path, batches, singles, workdir: Path) -> dict[str, benc
         }
 
 
-def median_round(rounds: list[dict[str, bench.Row]]) -> dict[str, bench.Row]:
-    """Per row, the round with the median records/s (p99 for the single-record row)."""
-
-    result = {}
-    for name in ROWS:
-        by = "p99_ms" if name == "served_c1_single" else "records_per_s"
-        ordered = sorted((r[name] for r in rounds), key=lambda row: getattr(row, by))
-        result[name] = ordered[(len(ordered) - 1) // 2]
-    return result
-
-
 def run(
     *,
     model_dir: Path,
@@ -128,14 +117,10 @@ def run(
                 "name": name,
                 "description": VARIANTS[name][0],
                 "tuning": asdict(VARIANTS[name][1]),
-                "rows": {k: row.to_dict() for k, row in median_round(measured[name]).items()},
-                "every_round": [
-                    {
-                        k: {"records_per_s": row.records_per_s, "p99_ms": row.p99_ms}
-                        for k, row in r.items()
-                    }
-                    for r in measured[name]
-                ],
+                "rows": {
+                    row: bench.median_row([r[row] for r in measured[name]]).to_dict()
+                    for row in ROWS
+                },
             }
             for name in names
         ],

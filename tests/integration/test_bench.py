@@ -28,6 +28,7 @@ ROW_FIELDS = {
     "p50_ms",
     "p99_ms",
     "server",
+    "round_records_per_s",
 }
 
 
@@ -52,7 +53,7 @@ def test_bench_runs_every_row_and_writes_its_json(
         bench.main,
         [
             *("--records", "6", "--seeds-records", "2", "--single-records", "2"),
-            *("--batch-size", "3", "--rows-per-run", "2"),
+            *("--batch-size", "3", "--rows-per-run", "2", "--rounds", "2"),
             *("--model-dir", str(model_dir), "--onnx-dir", str(onnx_dir)),
             *("--repository", str(tiny_repository), "--url", triton.grpc_url),
             *("--metrics-url", triton.metrics_url),
@@ -66,9 +67,10 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert names == [
         "seeds_way",
         "pytorch",
+        "ort_int8",
+        # the served variant's rows, measured in rounds:
         "ort_fp32",
         "ort_fp32_single",
-        "ort_int8",
         "served_c1",
         "served_c4",
         "served_c16",
@@ -85,6 +87,8 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert "2 records per run" in rows["ort_int8"]["description"]
 
     for name in names:
+        rounds = rows[name]["round_records_per_s"]
+        assert rounds is None if name in ("seeds_way", "pytorch", "ort_int8") else len(rounds) == 2
         split = rows[name]["server"]
         if not name.startswith("served"):
             assert split is None
@@ -144,6 +148,6 @@ def test_tune_measures_each_variant_on_its_own_server(
         assert set(variant["rows"]) == {"served_c1", "served_c16", "served_c1_single"}
         encoder = variant["rows"]["served_c16"]["server"]["encoder"]
         assert encoder["records"] == 6
-        assert len(variant["every_round"]) == 1
+        assert len(variant["rows"]["served_c1"]["round_records_per_s"]) == 1
     config = tmp_path / "run" / "repositories" / "untuned" / "encoder" / "config.pbtxt"
     assert 'string_value: "0"' in config.read_text().split("rows_per_run")[1]
