@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+# Before gRPC loads: perf_analyzer starts with channels open (see ubm_build.perf_analyzer).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -227,31 +231,29 @@ def run_steps(
     return measured, reason
 
 
-def perf_analyzer_check(
-    url: str, step: Step, batch_size: int, records_file: Path, workdir: Path, log
-) -> dict:
+def perf_analyzer_check(url: str, step: Step, batch_size: int, records_file: Path, log) -> dict:
     """perf_analyzer at `step`'s concurrency on the same server and records, beside Locust.
 
     Its measurement windows are half a step long; it stops when three agree within 10%.
     """
-    from ubm_build import bench_cli
+    from ubm_build import perf_analyzer
 
-    problem = bench_cli.perf_analyzer_problem()
+    problem = perf_analyzer.problem()
     if problem:
         log(f"perf_analyzer cross-check skipped: {problem}")
         return {"skipped": problem}
-    workdir.mkdir(parents=True, exist_ok=True)
-    records = bench_cli.read_records(records_file, None)
-    result = bench_cli.run_perf_analyzer(
-        url,
-        bench_cli.write_input_data(records, workdir / "input_data.json"),
-        batch_size=batch_size,
-        concurrency=step.users,
-        measurement_interval_ms=max(500, round(step.seconds * 500)),
-        max_trials=10,
-        stability_percentage=10,
-        workdir=workdir,
-    )
+    records = perf_analyzer.read_records(records_file, None)
+    with tempfile.TemporaryDirectory(prefix="ubm_capacity_") as tmp:
+        result = perf_analyzer.run(
+            url,
+            perf_analyzer.write_input_data(records, Path(tmp) / "input_data.json"),
+            batch_size=batch_size,
+            concurrency=step.users,
+            measurement_interval_ms=max(500, round(step.seconds * 500)),
+            max_trials=10,
+            stability_percentage=10,
+            workdir=Path(tmp),
+        )
     ratio = result.records_per_s / step.records_per_s
     log(
         f"perf_analyzer, {step.users} requests in flight: {result.records_per_s:.1f} records/s,"
@@ -344,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         best = best_step(steps)
         if best is None or args.no_perf_analyzer:
             return steps, reason, None
-        check = perf_analyzer_check(
-            url, best, args.batch_size, args.records_file, RUN_DIR / "capacity" / "pa", log
-        )
+        check = perf_analyzer_check(url, best, args.batch_size, args.records_file, log)
         return steps, reason, check
 
     if args.url:

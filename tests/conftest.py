@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
 from ubm_build.train import inputs_of
 
 MAX_LENGTH = 64
+
+# Tests start subprocesses (perf_analyzer, the CLI) with gRPC channels open; see
+# ubm_build.perf_analyzer for why gRPC's fork support must be off for that.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 @pytest.fixture(scope="session")

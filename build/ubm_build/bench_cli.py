@@ -23,20 +23,14 @@ server's own statistics for the run give the records per request as a check. per
 for every output of the ensemble (the 384-float embedding too); the CLI, as run by users, only
 for ``purchase_probability``.
 
-perf_analyzer needs Debian's ``libb64-0d`` and ``libcudart.so.12`` (PyPI
-``nvidia-cuda-runtime-cu12``, put on ``LD_LIBRARY_PATH`` here); it uses no GPU.
+How perf_analyzer is found and run: `ubm_build.perf_analyzer`.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import io
 import json
 import math
 import os
-import re
-import resource
 import shlex
 import statistics
 import subprocess
@@ -57,7 +51,7 @@ from rich.table import Table
 from tritonclient.grpc import InferenceServerClient
 
 from ubm import config, contract
-from ubm_build import data, server
+from ubm_build import data, perf_analyzer, server
 from ubm_build import repository as repository_module
 
 ROOT = data.PROJECT_ROOT
@@ -67,217 +61,10 @@ DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_ONNX_DIR = ROOT / "artifacts" / "onnx"
 TARGET_RATIO = 0.9
 """The CLI should reach at least this share of perf_analyzer's records/s."""
-CUDA_RUNTIME = "libcudart.so.12"
-PASS_LINE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec")
 
 
 class BenchError(click.ClickException):
     """perf_analyzer or the CLI could not be run, or failed."""
-
-
-# -- perf_analyzer ------------------------------------------------------------------------------
-
-
-def perf_analyzer_binary() -> Path:
-    """The ``perf_analyzer`` the ``tritonclient`` wheel installed beside this interpreter."""
-    return Path(sysconfig.get_path("scripts")) / "perf_analyzer"
-
-
-def cuda_runtime_dir() -> Path | None:
-    """The directory holding ``libcudart.so.12`` from the ``nvidia-cuda-runtime-cu12`` wheel."""
-    try:
-        spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    except ModuleNotFoundError:
-        return None
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        lib = Path(location) / "lib"
-        if (lib / CUDA_RUNTIME).is_file():
-            return lib
-    return None
-
-
-def perf_analyzer_env() -> dict[str, str]:
-    env = dict(os.environ)
-    lib = cuda_runtime_dir()
-    if lib is not None:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p
-        )
-    return env
-
-
-def perf_analyzer_problem() -> str | None:
-    """Why perf_analyzer cannot run here, or None when it can."""
-    binary = perf_analyzer_binary()
-    if not binary.is_file():
-        return f"{binary} is missing (it comes with the tritonclient wheel)"
-    if cuda_runtime_dir() is None:
-        return f"{CUDA_RUNTIME} is missing: pip install nvidia-cuda-runtime-cu12"
-    try:
-        result = subprocess.run(
-            [str(binary), "--help"],
-            env=perf_analyzer_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{binary} --help failed: {e}"
-    output = result.stdout + result.stderr
-    if "error while loading shared libraries" in output:
-        line = next(s for s in output.splitlines() if "error while loading" in s)
-        hint = " (apt-get install -y libb64-0d)" if "libb64" in line else ""
-        return f"perf_analyzer cannot start: {line.strip()}{hint}"
-    if "perf_analyzer" not in output and "--concurrency-range" not in output:
-        return f"{binary} --help printed no usage (exit {result.returncode}): {output[-300:]}"
-    return None
-
-
-def write_input_data(lines: list[bytes], path: Path) -> Path:
-    """perf_analyzer's ``--input-data`` JSON: one data step per record, batch-1 shape [1].
-
-    A BYTES element is given as a plain JSON string; perf_analyzer adds the 4-byte length.
-    """
-    steps = [
-        {contract.RECORDS: {"content": [line.decode("utf-8")], "shape": [1]}} for line in lines
-    ]
-    path.write_text(json.dumps({"data": steps}))
-    return path
-
-
-@dataclass(frozen=True)
-class PerfAnalyzerResult:
-    records_per_s: float
-    """perf_analyzer's Inferences/Second: requests/s x batch size."""
-    stable: bool
-    """Whether three windows agreed (if not: the mean of the last three that had requests)."""
-    p50_latency_ms: float | None
-    p99_latency_ms: float | None
-    passes: int
-    """Measurement windows that recorded requests."""
-    seconds: float
-    cpu_s: float
-    """CPU time (user + system) perf_analyzer used, all of its threads."""
-    server_records_per_request: float | None
-    """Records per request of the ensemble during the run, from the server's statistics."""
-    command: str
-
-
-def _ensemble_counts(url: str) -> tuple[int, int] | None:
-    """(successful requests, records inferred) of the ensemble so far, from the server."""
-    try:
-        with InferenceServerClient(url) as client:
-            stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)
-    except Exception:  # statistics are a cross-check only
-        return None
-    for model in stats.get("model_stats", []):
-        if model.get("name") == contract.ENSEMBLE:
-            success = model.get("inference_stats", {}).get("success", {})
-            return int(success.get("count", 0)), int(model.get("inference_count", 0))
-    return None
-
-
-def parse_passes(stdout: str) -> list[float]:
-    """Throughput (records/s) of every measurement pass perf_analyzer printed."""
-    return [float(m.group(2)) for m in PASS_LINE.finditer(stdout)]
-
-
-def parse_csv(text: str) -> dict[str, str]:
-    """The first data row of perf_analyzer's ``-f`` CSV report, by column name."""
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows:
-        raise BenchError("perf_analyzer's CSV report has no row")
-    return rows[0]
-
-
-def run_perf_analyzer(
-    url: str,
-    input_data: Path,
-    *,
-    batch_size: int,
-    concurrency: int,
-    measurement_interval_ms: int,
-    max_trials: int,
-    stability_percentage: float,
-    workdir: Path,
-) -> PerfAnalyzerResult:
-    report = workdir / "perf_analyzer.csv"
-    command = [
-        str(perf_analyzer_binary()),
-        "-m",
-        contract.ENSEMBLE,
-        "-i",
-        "grpc",
-        "-u",
-        url,
-        "-b",
-        str(batch_size),
-        "--concurrency-range",
-        f"{concurrency}:{concurrency}",
-        "--input-data",
-        str(input_data),
-        "--measurement-interval",
-        str(measurement_interval_ms),
-        "--max-trials",
-        str(max_trials),
-        "--stability-percentage",
-        str(stability_percentage),
-        "--percentile",
-        "50",
-        "-f",
-        str(report),
-        "-v",  # prints every measurement pass
-    ]
-    # perf_analyzer stops when three windows agree, or after max_trials; then it drains.
-    timeout_s = measurement_interval_ms / 1000 * (max_trials + 2) + 120
-    before = _ensemble_counts(url)
-    cpu_before = _children_cpu_s()
-    started = time.perf_counter()
-    try:
-        result = subprocess.run(
-            command,
-            env=perf_analyzer_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"perf_analyzer ran past {timeout_s:.0f} s") from e
-    seconds = time.perf_counter() - started
-    cpu_s = _children_cpu_s() - cpu_before
-    after = _ensemble_counts(url)
-    output = result.stdout + result.stderr
-    (workdir / "perf_analyzer.log").write_text(output)
-    passes = parse_passes(output)
-    if result.returncode == 0 and report.is_file():
-        row = parse_csv(report.read_text())
-        records_per_s = float(row["Inferences/Second"])
-        p50 = float(row["p50 latency"]) / 1000 if row.get("p50 latency") else None
-        p99 = float(row["p99 latency"]) / 1000 if row.get("p99 latency") else None
-        stable = True
-    elif passes:
-        # Not stable within max_trials: report the mean of the last (up to) three passes.
-        records_per_s = sum(passes[-3:]) / len(passes[-3:])
-        p50 = p99 = None
-        stable = False
-    else:
-        raise BenchError(f"perf_analyzer failed (exit {result.returncode}):\n{output[-3000:]}")
-    per_request = None
-    if before and after and after[0] > before[0]:
-        per_request = (after[1] - before[1]) / (after[0] - before[0])
-    return PerfAnalyzerResult(
-        records_per_s=records_per_s,
-        stable=stable,
-        p50_latency_ms=p50,
-        p99_latency_ms=p99,
-        passes=len(passes),
-        seconds=round(seconds, 2),
-        cpu_s=round(cpu_s, 2),
-        server_records_per_request=per_request,
-        command=shlex.join(command),
-    )
 
 
 # -- ubm-client ---------------------------------------------------------------------------------
@@ -322,18 +109,13 @@ def cli_command(url: str, path: Path, batch_size: int, concurrency: int) -> list
     ]
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed(command: list[str]) -> tuple[float, float]:
     """Run `command`; its wall time and CPU time, in seconds."""
-    cpu_before = _children_cpu_s()
+    cpu_before = perf_analyzer.children_cpu_s()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
-    cpu_s = _children_cpu_s() - cpu_before
+    cpu_s = perf_analyzer.children_cpu_s() - cpu_before
     if result.returncode != 0:
         raise BenchError(
             f"{shlex.join(command)} exited {result.returncode}:\n{result.stderr[-3000:]}"
@@ -427,14 +209,6 @@ def run_cli(
 # -- the comparison -----------------------------------------------------------------------------
 
 
-def read_records(path: Path, limit: int | None) -> list[bytes]:
-    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-    lines = lines[:limit] if limit else lines
-    if not lines:
-        raise BenchError(f"{path} holds no records")
-    return lines
-
-
 def cli_lines_for(rate: float, seconds: float, batch_size: int, minimum: int) -> int:
     """Lines for about `seconds` of work at `rate` records/s, whole batches, at least `minimum`."""
     return max(minimum, math.ceil(rate * seconds / batch_size) * batch_size)
@@ -450,7 +224,7 @@ def cores() -> int:
 @dataclass(frozen=True)
 class Round:
     order: tuple[str, str]
-    perf_analyzer: PerfAnalyzerResult
+    perf_analyzer: perf_analyzer.PerfAnalyzerResult
     cli: CliResult
 
     @property
@@ -498,10 +272,10 @@ def compare(
             concurrency=concurrency,
             workdir=workdir,
         )
-    input_data = write_input_data(records, workdir / "perf_analyzer_input.json")
+    input_data = perf_analyzer.write_input_data(records, workdir / "perf_analyzer_input.json")
 
-    def perf_analyzer() -> PerfAnalyzerResult:
-        return run_perf_analyzer(
+    def run_perf_analyzer() -> perf_analyzer.PerfAnalyzerResult:
+        return perf_analyzer.run(
             url,
             input_data,
             batch_size=batch_size,
@@ -522,14 +296,14 @@ def compare(
     for i in range(rounds):
         if i % 2 == 0 or n_lines is None:
             log(f"round {i + 1}/{rounds}: perf_analyzer, then the CLI")
-            pa = perf_analyzer()
+            pa = run_perf_analyzer()
             if n_lines is None:
                 n_lines = cli_lines_for(pa.records_per_s, cli_seconds, batch_size, len(records))
             done.append(Round(("perf_analyzer", "cli"), pa, cli(n_lines)))
         else:
             log(f"round {i + 1}/{rounds}: the CLI, then perf_analyzer")
             c = cli(n_lines)
-            done.append(Round(("cli", "perf_analyzer"), perf_analyzer(), c))
+            done.append(Round(("cli", "perf_analyzer"), run_perf_analyzer(), c))
     return done
 
 
@@ -730,10 +504,10 @@ def main(
     out: Path,
 ) -> None:
     """Compare `ubm-client score` records/s with perf_analyzer's on the ubm ensemble."""
-    problem = perf_analyzer_problem()
+    problem = perf_analyzer.problem()
     if problem:
         raise BenchError(problem)
-    records = read_records(records_file, limit)
+    records = perf_analyzer.read_records(records_file, limit)
     console = Console()
     settings = {
         "batch_size": batch_size,
@@ -762,7 +536,7 @@ def main(
                     done = compare(triton.grpc_url, records, workdir=workdir, **settings)
             except server.ServerError as e:
                 raise BenchError(str(e)) from e
-            except BenchError as e:
+            except (BenchError, perf_analyzer.PerfAnalyzerError) as e:
                 raise BenchError(f"{e.message}\n{triton.log_tail()}") from e
     result = result_dict(
         done,

@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ubm_build import bench_cli
+from ubm_build import bench_cli, perf_analyzer
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +59,13 @@ CLI = {
 
 
 @pytest.fixture(scope="module")
-def perf_analyzer():
-    problem = bench_cli.perf_analyzer_problem()
+def perf_analyzer_runs():
+    problem = perf_analyzer.problem()
     if problem:
         pytest.skip(f"perf_analyzer cannot run here: {problem}")
 
 
-def test_cli_against_perf_analyzer_json(perf_analyzer, triton, tmp_path):
+def test_cli_against_perf_analyzer_json(perf_analyzer_runs, triton, tmp_path):
     out = tmp_path / "cli_vs_perf_analyzer.json"
     args = ["--url", triton.grpc_url, "--records", "8", "--batch-size", "4", "--concurrency", "2"]
     args += ["--rounds", "2", "--cli-lines", "16", "--measurement-interval", "1000"]
@@ -102,7 +102,7 @@ def test_cli_against_perf_analyzer_json(perf_analyzer, triton, tmp_path):
 
 def test_input_data_is_one_batch1_step_per_record(tmp_path):
     lines = [b'{"id":"a","events":[]}', b'{"id":"b","events":[]}']
-    data = json.loads(bench_cli.write_input_data(lines, tmp_path / "in.json").read_text())
+    data = json.loads(perf_analyzer.write_input_data(lines, tmp_path / "in.json").read_text())
     assert data == {
         "data": [{"records": {"content": [line.decode()], "shape": [1]}} for line in lines]
     }
