@@ -9,8 +9,9 @@ histogram). The capacity is the highest records/s among the steps whose p99 stay
 
 Then, as a cross-check, NVIDIA's ``perf_analyzer`` (the C++ load generator of the
 ``tritonclient`` wheel) loads the same server with as many requests in flight as the capacity
-step had users, the same batch size and the same records (skipped, with the reason, where it
-cannot run; see ``make bench-cli``).
+step had users, the same batch size and the same records, and Locust measures that step once
+more right after it, since a shared machine's speed drifts (skipped, with the reason, where
+perf_analyzer cannot run; see ``make bench-cli``).
 
 Writes ``capacity.json`` and ``capacity.png`` (throughput, p50 and p99 against users) to
 ``--out-dir``.
@@ -333,20 +334,30 @@ def main(argv: list[str] | None = None) -> int:
             f" {args.warmup_seconds:g} s warm-up + {args.step_seconds:g} s measured per step,"
             f" SLO p99 <= {args.slo_ms:g} ms"
         )
-        steps, reason = run_steps(
-            url,
-            args.steps,
-            step_s=args.step_seconds,
-            warmup_s=args.warmup_seconds,
-            batch_size=args.batch_size,
-            records_file=args.records_file,
-            slo_ms=args.slo_ms,
-            log=log,
-        )
+
+        def ramp_through(steps: Sequence[int]) -> tuple[list[Step], str]:
+            return run_steps(
+                url,
+                steps,
+                step_s=args.step_seconds,
+                warmup_s=args.warmup_seconds,
+                batch_size=args.batch_size,
+                records_file=args.records_file,
+                slo_ms=args.slo_ms,
+                log=log,
+            )
+
+        steps, reason = ramp_through(args.steps)
         best = best_step(steps)
         if best is None or args.no_perf_analyzer:
             return steps, reason, None
         check = perf_analyzer_check(url, best, args.batch_size, args.records_file, log)
+        if "skipped" not in check:
+            # The machine's speed drifts: Locust again at the same load, right after.
+            log("Locust again at the capacity step, for a side-by-side figure:")
+            again = ramp_through([best.users])[0][0]
+            check["locust_again"] = asdict(again)
+            check["over_locust_again"] = check["records_per_s"] / again.records_per_s
         return steps, reason, check
 
     if args.url:

@@ -468,8 +468,14 @@ def run(
     }
 
 
+def wide_console(stderr: bool = False) -> Console:
+    """A console for tables: a terminal's own width, 120 columns when written to a file."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=120)
+
+
 def print_table(result: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     rows = result["rows"]
     seeds = next((row for row in rows if row["name"] == "seeds_way"), None)
     table = Table(
@@ -651,7 +657,7 @@ def main(
     out,
 ):
     torch.set_num_threads(os.cpu_count() or 1)
-    console = Console(stderr=True)
+    console = wide_console(stderr=True)
     result = run(
         model_dir=model_dir,
         onnx_dir=onnx_dir,

@@ -198,7 +198,7 @@ def print_table(result: dict, console: Console) -> None:
     show_default=True,
 )
 def main(records, single_records, rounds, only, model_dir, onnx_dir, repository, run_dir, out):
-    console = Console(stderr=True)
+    console = bench.wide_console(stderr=True)
     variant = (
         served_variant(repository, onnx_dir)
         or export.fastest_passing(pipeline.load_variants(onnx_dir)).variant

@@ -102,6 +102,10 @@ def test_capacity_ramp_writes_json_and_plot(triton, tmp_path):
         assert check["over_locust"] == pytest.approx(
             check["records_per_s"] / result["capacity"]["records_per_s"]
         )
+        assert check["locust_again"]["users"] == check["concurrency"]
+        assert check["over_locust_again"] == pytest.approx(
+            check["records_per_s"] / check["locust_again"]["records_per_s"]
+        )
 
 
 def test_capacity_stops_at_the_first_step_over_the_slo(triton, tmp_path):
