@@ -201,6 +201,10 @@ def bench_pytorch(model: BehaviourModel, tokenizer, batches, max_length: int) ->
     return summarise("pytorch", description, len(batches[0]), "batch", latencies, n, seconds)
 
 
+def ort_row_name(variant: str, *, single: bool = False) -> str:
+    return f"ort_{variant.replace('-', '_')}" + ("_single" if single else "")
+
+
 def bench_ort(
     variant: str,
     encoder: Path,
@@ -224,7 +228,7 @@ def bench_ort(
     n = sum(len(batch) for batch in batches)
     size = len(batches[0])
     slices = f", {rows_per_run} records per run" if 0 < rows_per_run < size else ""
-    name = f"ort_{variant.replace('-', '_')}" + ("_single" if size == 1 else "")
+    name = ort_row_name(variant, single=size == 1)
     description = f"ONNX Runtime in this process, {variant} encoder + head{slices}"
     return summarise(name, description, size, "batch", latencies, n, seconds)
 
@@ -408,20 +412,23 @@ def run(
         with UbmClient(address, timeout_s=REQUEST_TIMEOUT_S) as client:  # warm-up
             for batch in batches[:2]:
                 client.score_batch(batch)
-        in_process = []
+        in_process_runs = []
         if variant and encoders[variant].is_file():
             encoder = encoders[variant]
-            in_process = [
+            in_process_runs = [
                 partial(
                     bench_ort, variant, encoder, head, tokenizer, work, max_length, rows_per_run
                 )
                 for work in (batches, singles)
             ]
-        served = [partial(bench_served, address, batches, c, metrics) for c in concurrency]
-        served.append(partial(bench_served, address, singles, 1, metrics))
+        served_runs = [partial(bench_served, address, batches, c, metrics) for c in concurrency]
+        served_runs.append(partial(bench_served, address, singles, 1, metrics))
         measured: dict[str, list[Row]] = {}
         for round_ in range(rounds):
-            for measure in in_process + served if round_ % 2 == 0 else served + in_process:
+            order = (
+                in_process_runs + served_runs if round_ % 2 == 0 else served_runs + in_process_runs
+            )
+            for measure in order:
                 row = measure()
                 measured.setdefault(row.name, []).append(row)
                 log(f"round {round_ + 1}: {describe(row)}")
@@ -437,11 +444,9 @@ def run(
             compared = compared_rows(triton.grpc_url, triton.metrics_url)
     for row in compared.values():
         add(row)
-    in_process_row = compared.get(f"ort_{variant}".replace("-", "_"))
-    in_process_single = compared.get(f"ort_{variant}_single".replace("-", "_"))
-    served = {name.removeprefix("served_"): row for name, row in compared.items()}
-
-    served_c16 = served.get("c16")
+    in_process = compared.get(ort_row_name(variant)) if variant else None
+    in_process_single = compared.get(ort_row_name(variant, single=True)) if variant else None
+    served_c16 = compared.get("served_c16")
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -461,10 +466,10 @@ def run(
         "server": url or str(repository),
         "rows": [row.to_dict() for row in rows],
         "ratios": {
-            "served_c16_over_inprocess_ort": ratio(served_c16, in_process_row),
+            "served_c16_over_inprocess_ort": ratio(served_c16, in_process),
             "served_c16_over_seeds_way": ratio(served_c16, seeds),
         },
-        "latency_target": latency_target(served.get("c1_single"), in_process_single),
+        "latency_target": latency_target(compared.get("served_c1_single"), in_process_single),
     }
 
 
