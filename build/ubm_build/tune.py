@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,8 +72,9 @@ def run(
     rounds: int,
     names: list[str],
     workdir: Path,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
+    """Measure the `names` variants in `rounds` rounds; the results as a JSON-ready dict."""
     model = BehaviourModel.load(model_dir)
     encoder = onnx_dir / f"encoder-{variant}.onnx"
     chosen = bench.sample_records(records)
