@@ -550,6 +550,20 @@ def write(result: dict, path: Path) -> Path:
     return path
 
 
+model_dir_option = click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=ROOT / "artifacts" / "model",
+    show_default=True,
+)
+onnx_dir_option = click.option(
+    "--onnx-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=ROOT / "artifacts" / "onnx",
+    show_default=True,
+)
+
+
 def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(v) for v in value.split(","))
@@ -609,18 +623,8 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     help="Rounds of the served variant's rows, in process and served, taking turns;"
     " the median round is reported.",
 )
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "model",
-    show_default=True,
-)
-@click.option(
-    "--onnx-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "onnx",
-    show_default=True,
-)
+@model_dir_option
+@onnx_dir_option
 @click.option(
     "--repository",
     type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -167,18 +167,8 @@ def print_table(result: dict, console: Console) -> None:
     multiple=True,
     help="Measure only these variants (repeatable)  [default: all].",
 )
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "model",
-    show_default=True,
-)
-@click.option(
-    "--onnx-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "onnx",
-    show_default=True,
-)
+@bench.model_dir_option
+@bench.onnx_dir_option
 @click.option(
     "--repository",
     type=click.Path(file_okay=False, path_type=Path),
