@@ -96,6 +96,7 @@ def test_capacity_ramp_writes_json_and_plot(triton, tmp_path):
     assert (tmp_path / "capacity.png").read_bytes()[:4] == b"\x89PNG"
     assert "capacity:" in done.stdout
     check = result["perf_analyzer"]  # at the capacity step's concurrency, where it can run
+    assert "failed" not in check, check
     if "skipped" not in check:
         assert check["concurrency"] == result["capacity"]["users"]
         assert check["records_per_s"] > 0
