@@ -479,17 +479,19 @@ def wide_console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=120)
 
 
+def results_table(title: str) -> Table:
+    """A compact table with a header rule, as the benchmarks print them."""
+    return Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+
+
 def print_table(result: dict, console: Console | None = None) -> None:
     console = console or wide_console()
     rows = result["rows"]
     seeds = next((row for row in rows if row["name"] == "seeds_way"), None)
-    table = Table(
-        title=f"{result['records']} records, {result['batch_size']} per batch,"
+    table = results_table(
+        f"{result['records']} records, {result['batch_size']} per batch,"
         f" max_length {result['max_length']}, {result['machine']['usable_cores']} cores,"
-        f" served encoder {result['served_variant']}",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        pad_edge=False,
+        f" served encoder {result['served_variant']}"
     )
     table.add_column("row", no_wrap=True)
     for column in ("records", "batch", "records/s", "p50 ms", "p99 ms", "per", "×seeds"):
@@ -508,11 +510,8 @@ def print_table(result: dict, console: Console | None = None) -> None:
     console.print(table)
     for row in rows:
         console.print(f"  {row['name']}: {row['description']}", highlight=False, soft_wrap=True)
-    split = Table(
-        title="served rows: Triton's mean ms per request, queued / computing, per model",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        pad_edge=False,
+    split = results_table(
+        "served rows: Triton's mean ms per request, queued / computing, per model"
     )
     split.add_column("row", no_wrap=True)
     models = (contract.PREPROCESS, contract.ENCODER, contract.HEAD)

@@ -18,9 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from ubm_build import bench, data, export, pipeline, server
 from ubm_build.model import BehaviourModel
@@ -130,13 +128,10 @@ def run(
 
 
 def print_table(result: dict, console: Console) -> None:
-    table = Table(
-        title=f"served, {result['records']} records in requests of {result['batch_size']},"
+    table = bench.results_table(
+        f"served, {result['records']} records in requests of {result['batch_size']},"
         f" {result['cores']} cores, encoder {result['served_variant']},"
-        f" median of {result['rounds']} round(s)",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        pad_edge=False,
+        f" median of {result['rounds']} round(s)"
     )
     table.add_column("variant", no_wrap=True)
     for column in ("c1 rec/s", "c16 rec/s", "1 record p99 ms", "encoder ms (c16)"):
