@@ -108,15 +108,17 @@ def encode_events(
 
     The texts are cut after `max_length` words. A word is at least one token and WordPiece
     tokenizes words separately, so a cut text that still reaches `max_length` tokens gives the
-    same ids as the full one, for a fraction of the tokenizer's work. Any that comes out
-    shorter is encoded again from its full text.
+    same ids as the full one, for a fraction of the tokenizer's work. A cut text that comes
+    out shorter is encoded again from its full text.
     """
     texts = [behaviour_text(events, max_words=max_length) for events in event_sequences]
     encodings = _encode(tokenizer, texts, max_length)
     short = [row for row, encoding in enumerate(encodings) if len(encoding.ids) < max_length]
-    if short:
-        full = [behaviour_text(event_sequences[row]) for row in short]
-        for row, encoding in zip(short, _encode(tokenizer, full, max_length), strict=True):
+    full = {row: behaviour_text(event_sequences[row]) for row in short}
+    cut = [row for row in short if full[row] != texts[row]]  # short and actually cut
+    if cut:
+        again = _encode(tokenizer, [full[row] for row in cut], max_length)
+        for row, encoding in zip(cut, again, strict=True):
             encodings[row] = encoding
     return _pad(tokenizer, encodings, max_length)
 
