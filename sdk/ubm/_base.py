@@ -22,7 +22,17 @@ from ubm.records import Record, RecordError, parse_record
 
 RETRYABLE_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"})
 """gRPC statuses worth retrying: connection failures (gRPC reports them as UNAVAILABLE) and a
-full server queue. Anything else would fail the same way again."""
+full server queue."""
+MODEL_GONE_STATUS = "StatusCode.NOT_FOUND"
+"""Triton's answer while a server that served the model shuts down gracefully or swaps versions
+("Request for unknown model: 'ubm' has no available versions"). Retried only once the model has
+answered through the client, so that a wrong model name still fails at once."""
+
+
+def is_retryable(error: InferenceServerException, *, model_was_served: bool) -> bool:
+    """Whether ``error`` may go away by itself: see `RETRYABLE_STATUSES`, `MODEL_GONE_STATUS`."""
+    status = error.status()
+    return status in RETRYABLE_STATUSES or (model_was_served and status == MODEL_GONE_STATUS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +59,7 @@ class Score:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, for the statuses in `RETRYABLE_STATUSES`.
+    """Exponential backoff with full jitter, for the errors that `is_retryable` accepts.
 
     A call is retried until ``deadline_s`` seconds have passed since its first attempt, so the
     budget is a duration (long enough to ride out a server restart), not a number of tries.
@@ -80,6 +90,8 @@ class RetryPolicy:
         attempt: int,
         elapsed_s: float,
         rng: random.Random | None = None,
+        *,
+        model_was_served: bool = False,
     ) -> float | None:
         """How long to wait before retrying a call, or None to give up.
 
@@ -88,12 +100,13 @@ class RetryPolicy:
             attempt: the number of tries so far, minus one.
             elapsed_s: seconds since the first try started.
             rng: the jitter's random source.
+            model_was_served: the model has answered through this client before.
 
         Returns:
             The delay in seconds; None when ``error`` is not retryable or the retry would start
             after the deadline.
         """
-        if error.status() not in RETRYABLE_STATUSES:
+        if not is_retryable(error, model_was_served=model_was_served):
             return None
         delay = self.delay_s(attempt, rng)
         return delay if elapsed_s + delay <= self.deadline_s else None
@@ -141,12 +154,33 @@ def check_batch(records: Sequence[Record]) -> None:
 
 
 def build_inputs(records: Sequence[Record]) -> list[InferInput]:
-    """The ensemble's inputs: one UTF-8 JSON document per row of a BYTES [n, 1] tensor."""
+    """The ensemble's inputs: one UTF-8 JSON document per row of a BYTES [n, 1] tensor.
+
+    Raises:
+        InvalidRecordError: a `Record` built by hand holds what JSON cannot carry (an integer
+            beyond 64 bits, a lone surrogate).
+    """
     # orjson serialises the (slotted) dataclasses directly, i.e. the validated, sorted record.
-    rows = np.array([orjson.dumps(record) for record in records], dtype=np.object_)
+    rows = np.array([_dumps(index, record) for index, record in enumerate(records)], np.object_)
     records_input = InferInput(contract.RECORDS, [len(records), 1], "BYTES")
     records_input.set_data_from_numpy(rows.reshape(-1, 1))
     return [records_input]
+
+
+def _dumps(index: int, record: Record) -> bytes:
+    try:
+        return orjson.dumps(record)
+    except TypeError as e:  # orjson.JSONEncodeError
+        raise InvalidRecordError(index, RecordError(f"cannot be sent as JSON: {e}")) from e
+
+
+def request_timeout_us(timeout_s: float) -> int:
+    """The client's per-attempt timeout as Triton's request timeout, in microseconds.
+
+    Sent with each inference, it tells the server how long the client waits, so that models
+    whose queue policy allows it drop a request nobody waits for any more.
+    """
+    return max(1, round(timeout_s * 1_000_000))
 
 
 def _output_names(*, embedding: bool) -> tuple[str, ...]:

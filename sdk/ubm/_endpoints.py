@@ -1,8 +1,9 @@
 """Several Triton endpoints behind one client: round robin over the healthy ones.
 
-An endpoint whose call failed with UNAVAILABLE is skipped for a cool-down, then tried again.
-When every endpoint is cooling down, the one that failed first is used, so a client with a
-single endpoint behaves as if there were no cool-down. No I/O: the clients make the calls.
+An endpoint that could not be reached, or that stopped serving the model (a graceful restart,
+a rollout), is skipped for a cool-down, then tried again. When every endpoint is cooling down,
+the one that failed first is used, so a client with a single endpoint behaves as if there were
+no cool-down. No I/O: the clients make the calls.
 """
 
 from __future__ import annotations
@@ -15,19 +16,32 @@ from typing import Generic, TypeVar
 
 from tritonclient.utils import InferenceServerException
 
+from ubm._base import is_retryable
+
 _C = TypeVar("_C")
 
 
 def parse_urls(url: str) -> list[str]:
-    """Split ``"host:port"`` or ``"a:8001,b:8001"`` into addresses.
+    """Split ``"host:port"`` or ``"a:8001,[::1]:8001"`` into addresses, each checked.
 
     Raises:
-        ValueError: an address is empty.
+        ValueError: an address is empty, has no host, or no port from 1 to 65535.
     """
     urls = [part.strip() for part in url.split(",")]
-    if not all(urls):
-        raise ValueError(f"url must be host:port[,host:port...], got {url!r}")
+    for address in urls:
+        _check_address(address)
     return urls
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or host in ("[", "[]"):
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not bracketed and any(c in host for c in ":[]"):
+        raise ValueError(f"an IPv6 host goes in brackets, as in [::1]:8001; got {address!r}")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, got {address!r}")
 
 
 @dataclass
@@ -56,6 +70,8 @@ class EndpointPool(Generic[_C]):
         self._cooldown_s = cooldown_s
         self._next = 0
         self._lock = threading.Lock()
+        self.model_was_served = False
+        """Whether a call has succeeded at some endpoint (see `ubm._base.MODEL_GONE_STATUS`)."""
 
     def __iter__(self) -> Iterator[Endpoint[_C]]:
         return iter(self._endpoints)
@@ -72,8 +88,13 @@ class EndpointPool(Generic[_C]):
                     return endpoint
             return min(self._endpoints, key=lambda e: e.unavailable_until)
 
+    def report_success(self) -> None:
+        """Record that the model answered."""
+        self.model_was_served = True
+
     def report_failure(self, endpoint: Endpoint[_C], error: InferenceServerException) -> None:
-        """Start the endpoint's cool-down when ``error`` says it is unavailable."""
-        if error.status() == "StatusCode.UNAVAILABLE":
+        """Start the endpoint's cool-down when ``error`` says it is unreachable, overloaded or
+        no longer serving the model."""
+        if is_retryable(error, model_was_served=self.model_was_served):
             with self._lock:
                 endpoint.unavailable_until = time.monotonic() + self._cooldown_s

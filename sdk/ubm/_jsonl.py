@@ -6,7 +6,7 @@ Every input line gives exactly one output row: a score row, or an error row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -15,8 +15,10 @@ import orjson
 
 from ubm.client import UbmClient
 from ubm.exceptions import InvalidRequestError
-from ubm.records import Record, RecordError, parse_record, record_id_of
+from ubm.records import Record, RecordError, parse_record, preview, record_id_of
 
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte order mark some editors put at the start of a file."""
 Row = dict[str, Any]
 Line = tuple[int, Record | Row]
 """A 1-based input line number with its parsed record, or with its finished error row."""
@@ -60,15 +62,13 @@ def _decode_error(raw: bytes, error: orjson.JSONDecodeError) -> str:
     return f"not valid JSON: {error.msg} at column {error.colno}"
 
 
-def line_key(line_no: int, item: Record | Row) -> str | int:
-    """What `--resume` knows a line by: its record id, or its line number when it has none."""
-    record_id = item.id if isinstance(item, Record) else item["id"]
-    return line_no if record_id is None else record_id
+def line_id(item: Record | Row) -> str | None:
+    """The record id of a parsed line, or of its error row (None when it has none)."""
+    return item.id if isinstance(item, Record) else item["id"]
 
 
-def row_key(row: Row) -> str | int:
-    """The `line_key` of the input line that an output row answers."""
-    return row["line"] if row["id"] is None else row["id"]
+class ResumeError(ValueError):
+    """The output to resume does not answer the input: another file, or one that changed."""
 
 
 @dataclass
@@ -87,26 +87,45 @@ class Chunk:
 
 
 def read_chunks(
-    stream: BinaryIO, size: int, done: Callable[[str | int], bool] | None = None
+    stream: BinaryIO, size: int, answered: Sequence[str | None] = ()
 ) -> Iterator[Chunk]:
     """Parse ``stream`` lazily into chunks of ``size`` lines: memory stays constant.
+
+    A UTF-8 byte order mark at the start of the stream is skipped.
 
     Args:
         stream: the JSONL input.
         size: lines to score per chunk.
-        done: tells, by `line_key`, which lines to skip (``--resume``).
+        answered: the ids of the rows an earlier run wrote (``--resume``): the output answers
+            the input line by line, so these are the first ``len(answered)`` lines, skipped
+            after checking that their ids match.
+
+    Raises:
+        ResumeError: a skipped line's id differs from its row's, or the input is shorter.
     """
     chunk = Chunk()
+    line_no = 0
     for line_no, raw in enumerate(stream, start=1):
         chunk.n_bytes += len(raw)
-        item = parse_line(line_no, raw)
-        if done is not None and done(line_key(line_no, item)):
+        item = parse_line(line_no, raw.removeprefix(BOM) if line_no == 1 else raw)
+        if line_no <= len(answered):
+            if line_id(item) != answered[line_no - 1]:
+                raise ResumeError(
+                    f"line {line_no} has id {preview(line_id(item))} but the output's row"
+                    f" {line_no} answers {preview(answered[line_no - 1])}: the output is not"
+                    " from this input"
+                )
             chunk.n_skipped += 1
             continue
         chunk.lines.append((line_no, item))
         if len(chunk.lines) == size:
             yield chunk
             chunk = Chunk()
+    if line_no < len(answered):
+        raise ResumeError(
+            f"the output has {len(answered)} rows but the input only {line_no} lines:"
+            " the output is not from this input"
+        )
     if chunk.lines or chunk.n_bytes:
         yield chunk
 
@@ -147,28 +166,33 @@ def _score_one(client: UbmClient, line_no: int, record: Record, embedding: bool)
         return error_row(record.id, line_no, f"rejected by the server: {e}")
 
 
-def finished_keys(output: Path) -> set[str | int]:
-    """The `row_key` of every complete row in an earlier run's output, for ``--resume``.
+def answered_rows(output: Path) -> tuple[list[str | None], int]:
+    """The ids of the complete rows of an earlier run's output, for ``--resume``.
 
-    A last line cut short (the earlier run was killed while writing it) is removed from the
-    file, so that appending starts on a fresh line.
+    A last line cut short (the earlier run was killed while writing it) is not counted.
 
     Args:
         output: the earlier run's output file; a missing file counts as empty.
 
     Returns:
-        The keys of the input lines that already have their output row.
+        The id of each complete row, in order, and the number of bytes they take (where the
+        cut-off line, if any, starts).
+
+    Raises:
+        ResumeError: a row is not ubm-client output.
     """
-    if not output.exists():
-        return set()
-    keys: set[str | int] = set()
+    ids: list[str | None] = []
     complete_bytes = 0
+    if not output.exists():
+        return ids, complete_bytes
     with output.open("rb") as rows:
-        for raw in rows:
+        for row_no, raw in enumerate(rows, start=1):
             if not raw.endswith(b"\n"):
                 break
-            keys.add(row_key(orjson.loads(raw)))
+            try:
+                row = orjson.loads(raw)
+                ids.append(row["id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                raise ResumeError(f"row {row_no} of {output} is not ubm-client output") from e
             complete_bytes += len(raw)
-    with output.open("r+b") as rows:
-        rows.truncate(complete_bytes)
-    return keys
+    return ids, complete_bytes

@@ -90,8 +90,10 @@ def _map_ordered(
         while pending:
             yield pending.popleft().result()
     finally:
-        # On an error or an early stop: drop the queued calls, let the running ones end.
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On an error, an early stop or Ctrl-C: drop the queued calls and let the running ones
+        # end by themselves (at once when their client is closed). Waiting for them here would
+        # hold the caller up for as long as a call and its retries may take.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def amap_ordered(

@@ -33,6 +33,7 @@ from ubm._base import (
     check_batch_size,
     check_timeout,
     parse_scores,
+    request_timeout_us,
     requested_outputs,
     validate_records,
 )
@@ -220,6 +221,7 @@ class AsyncUbmClient:
                 self.model,
                 inputs,
                 outputs=outputs,
+                timeout=request_timeout_us(self.timeout_s),
                 client_timeout=self.timeout_s,
                 headers=self._headers,
             )
@@ -290,14 +292,23 @@ class AsyncUbmClient:
         while True:
             endpoint = self._endpoints.pick()
             try:
-                return await rpc(endpoint.client)
+                result = await rpc(endpoint.client)
             except InferenceServerException as e:
                 self._endpoints.report_failure(endpoint, e)
-                delay = self._retry.next_delay_s(e, attempt, time.monotonic() - started)
+                delay = self._retry.next_delay_s(
+                    e,
+                    attempt,
+                    time.monotonic() - started,
+                    model_was_served=self._endpoints.model_was_served,
+                )
                 if delay is None:
                     raise from_triton_error(e) from e
                 await asyncio.sleep(delay)
+                self._check_open()  # closed meanwhile (Ctrl-C in the CLI): stop retrying
                 attempt += 1
+            else:
+                self._endpoints.report_success()
+                return result
 
     def _check_open(self) -> None:
         if self._closed:

@@ -25,7 +25,9 @@ from rich.progress import (
 )
 
 from ubm import __version__, contract
-from ubm._jsonl import Chunk, Row, finished_keys, read_chunks, score_lines
+from ubm._endpoints import parse_urls
+from ubm._jsonl import Chunk, ResumeError, Row, answered_rows, read_chunks, score_lines
+from ubm._outputs import OutputError, check_distinct, open_outputs
 from ubm._pipeline import map_ordered
 from ubm.client import UbmClient
 from ubm.config import (
@@ -39,7 +41,11 @@ from ubm.exceptions import UbmError
 
 EXIT_OK = 0
 EXIT_LINES_FAILED = 1
+"""Some lines could not be scored; each has its error row."""
 EXIT_SERVER_FAILED = 2
+"""The run could not go on: the server gave up, or an option or file is unusable."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT), as a shell reports it: 128 + the signal's number."""
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -55,6 +61,20 @@ class Connection:
     def client(self, **settings: Any) -> UbmClient:
         """A `UbmClient` for this connection with the command's own ``settings``."""
         return UbmClient(self.url, tls=self.tls, headers=self.headers, **settings)
+
+
+class FatalError(click.ClickException):
+    """A one-line error that stops the command before it does anything (exit status 2)."""
+
+    exit_code = EXIT_SERVER_FAILED
+
+
+def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_urls(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
+    return value
 
 
 def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
@@ -105,6 +125,7 @@ def connection_options(command: Callable[..., None]) -> Callable[..., None]:
             "--url",
             default=contract.DEFAULT_URL,
             show_default=True,
+            callback=_check_url,
             metavar="HOST:PORT[,HOST:PORT...]",
             help="Triton's gRPC address; several are used round robin, skipping failed ones.",
         ),
@@ -195,7 +216,7 @@ def _input_size(stream: BinaryIO) -> int | None:
 @click.option(
     "--resume",
     is_flag=True,
-    help="Skip the lines whose id is already in --output, and append to it.",
+    help="Carry on an interrupted run: skip the lines --output already answers, append the rest.",
 )
 @click.option(
     "--batch-size",
@@ -256,50 +277,75 @@ def score(
 
     \b
     Exit status:
-      0  every line was scored
-      1  some lines could not be scored (see their "error")
-      2  the server could not be reached or gave up; the output holds the lines
-         scored before that, each one complete, and --resume carries on from there
-         (click also exits 2 on a usage error)
+      0    every line was scored
+      1    some lines could not be scored (see their "error")
+      2    the server could not be reached or gave up; the output holds the lines
+           scored before that, each one complete, and --resume carries on from there.
+           Also for a usage error or an unusable file, before anything is written
+      130  interrupted (Ctrl-C); the output holds the lines scored so far, as for 2
     """
     if resume and str(output) == "-":
         raise click.UsageError("--resume needs -o FILE")
+    named = {"-o": output, "--errors": errors}
+    outputs = {name: path for name, path in named.items() if path and str(path) != "-"}
     try:
-        done = finished_keys(output) if resume else None
-    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-        raise click.UsageError(f"--resume: {output} is not ubm-client output: {e}") from e
-    mode = "ab" if resume else "wb"
+        check_distinct(file, outputs)
+    except OutputError as e:
+        raise FatalError(str(e)) from e
+    try:
+        answered, answered_bytes = answered_rows(output) if resume else ([], 0)
+    except ResumeError as e:
+        raise FatalError(f"--resume: {e}") from e
+    # A fresh run empties its outputs; a resumed one drops a cut-off last row and appends.
+    cut_to = {"-o": answered_bytes} if resume else dict.fromkeys(outputs, 0)
     started = time.perf_counter()
     tally = _Tally()
     with ExitStack() as files:
-        out = files.enter_context(click.open_file(str(output), mode))
-        errors_out = files.enter_context(errors.open(mode)) if errors else None
+        try:
+            opened = files.enter_context(open_outputs(outputs, cut_to=cut_to))
+        except OutputError as e:
+            raise FatalError(str(e)) from e
+        out = opened.get("-o") or files.enter_context(click.open_file("-", "wb"))
+        errors_out = opened.get("--errors")
         progress = files.enter_context(_progress(quiet))
         task = progress.add_task("scoring", total=_input_size(file), lines=0, failed=0, rate=0.0)
         try:
             with connection.client(timeout_s=timeout, retry_deadline_s=retry_deadline) as client:
-                for chunk, rows in map_ordered(
+                results = map_ordered(
                     lambda c: (c, score_lines(client, c.lines, embedding=embedding)),
-                    read_chunks(file, batch_size, None if done is None else done.__contains__),
+                    read_chunks(file, batch_size, answered),
                     concurrency,
-                ):
-                    _write(out, rows)
-                    if errors_out is not None:
-                        _write(errors_out, [row for row in rows if "error" in row])
-                    tally.add(chunk, rows)
-                    progress.update(
-                        task,
-                        advance=chunk.n_bytes,
-                        lines=tally.lines,
-                        failed=tally.failed,
-                        rate=tally.scored / (time.perf_counter() - started),
-                    )
+                )
+                try:
+                    for chunk, rows in results:
+                        _write(out, rows)
+                        if errors_out is not None:
+                            _write(errors_out, [row for row in rows if "error" in row])
+                        tally.add(chunk, rows)
+                        progress.update(
+                            task,
+                            advance=chunk.n_bytes,
+                            lines=tally.lines,
+                            failed=tally.failed,
+                            rate=tally.scored / (time.perf_counter() - started),
+                        )
+                except KeyboardInterrupt:
+                    client.close()  # cancels the calls in flight, so that their threads end now
+                    raise
+        except ResumeError as e:
+            progress.stop()
+            click.echo(f"ubm-client: --resume: {e}", err=True)
+            status = EXIT_SERVER_FAILED
         except UbmError as e:
             progress.stop()
             click.echo(
                 f"ubm-client: giving up at {connection.url}: {type(e).__name__}: {e}", err=True
             )
             status = EXIT_SERVER_FAILED
+        except KeyboardInterrupt:
+            progress.stop()
+            click.echo("ubm-client: interrupted; --resume carries on from here", err=True)
+            status = EXIT_INTERRUPTED
         else:
             status = EXIT_LINES_FAILED if tally.failed else EXIT_OK
     if not quiet:

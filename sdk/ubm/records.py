@@ -21,6 +21,12 @@ EVENT_TYPES = ("view", "cart", "fav", "buy")
 MAX_EVENTS = 5000
 """Records with more events are rejected; the model only ever reads the newest few dozen."""
 MAX_ID_CHARS = 256
+MIN_TS = 946_684_800
+"""2000-01-01 00:00:00 UTC, the earliest accepted event time (unix seconds)."""
+MAX_TS = 4_102_444_800
+"""2100-01-01 00:00:00 UTC: event times must be before it. Milliseconds fall outside the range."""
+PREVIEW_CHARS = 40
+"""Error messages quote at most this much of a bad value, so they never echo a record back."""
 
 
 class RecordError(ValueError):
@@ -42,29 +48,60 @@ class Record:
     """Sorted oldest first (the input order is not trusted)."""
 
 
+def preview(value: Any) -> str:
+    """A short description of a bad value for an error message: never the whole value.
+
+    Strings and numbers are quoted up to `PREVIEW_CHARS` characters; anything else (objects,
+    lists) is named by its type only, since it may hold data that must not be echoed.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+        if len(text) > PREVIEW_CHARS:
+            return f"{text[:PREVIEW_CHARS]}... ({len(text)} characters)"
+        return text
+    return f"a JSON {_json_type(value)}"
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array"}.get(type(value), type(value).__name__)
+
+
 def _text_field(value: Any, where: str, *, required: bool) -> str:
     if value is None and not required:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise RecordError(f"{where} must be a string or integer, got {type(value).__name__}")
+        raise RecordError(f"{where} must be a string or integer, got {preview(value)}")
     text = str(value)
     if required and not text:
         raise RecordError(f"{where} must not be empty")
     if len(text) > MAX_ID_CHARS:
-        raise RecordError(f"{where} is longer than {MAX_ID_CHARS} characters")
+        raise RecordError(f"{where} is longer than {MAX_ID_CHARS} characters ({len(text)})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(f"{where} is not valid Unicode: {e.reason} at character {e.start}") from e
     return text
+
+
+def _timestamp(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_TS <= value < MAX_TS:
+        raise RecordError(
+            f"{where} must be whole unix seconds from {MIN_TS} (2000-01-01) to before {MAX_TS}"
+            f" (2100-01-01), got {preview(value)}"
+        )
+    return value
 
 
 def _parse_event(raw: Any, index: int) -> Event:
     where = f"events[{index}]"
     if not isinstance(raw, dict):
-        raise RecordError(f"{where} must be an object, got {type(raw).__name__}")
-    ts = raw.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise RecordError(f"{where}.ts must be an integer (unix seconds), got {ts!r}")
+        raise RecordError(f"{where} must be an object, got {preview(raw)}")
+    ts = _timestamp(raw.get("ts"), f"{where}.ts")
     kind = raw.get("type")
-    if kind not in EVENT_TYPES:
-        raise RecordError(f"{where}.type must be one of {', '.join(EVENT_TYPES)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise RecordError(
+            f"{where}.type must be one of {', '.join(EVENT_TYPES)}, got {preview(kind)}"
+        )
     item = _text_field(raw.get("item"), f"{where}.item", required=True)
     category = _text_field(raw.get("category"), f"{where}.category", required=False)
     return Event(ts=ts, type=kind, item=item, category=category)
@@ -77,11 +114,11 @@ def parse_record(raw: Any) -> Record:
         RecordError: the value is not a valid record.
     """
     if not isinstance(raw, dict):
-        raise RecordError(f"a record must be a JSON object, got {type(raw).__name__}")
+        raise RecordError(f"a record must be a JSON object, got {preview(raw)}")
     record_id = _text_field(raw.get("id"), "id", required=True)
     events = raw.get("events")
     if not isinstance(events, list):
-        raise RecordError(f"events must be a list, got {type(events).__name__}")
+        raise RecordError(f"events must be a list, got {preview(events)}")
     if not events:
         raise RecordError("events must not be empty")
     if len(events) > MAX_EVENTS:

@@ -163,7 +163,7 @@ def test_every_kind_of_malformed_line_gets_one_error_row_and_the_run_goes_on(tri
         "events not a list": orjson.dumps({"id": "l", "events": "view"}),
         "missing id": orjson.dumps({"events": [event]}),
         "missing events": orjson.dumps({"id": "m"}),
-        "missing item": orjson.dumps({"id": "i", "events": [{"ts": 1, "type": "view"}]}),
+        "missing item": orjson.dumps({"id": "i", "events": [{"ts": 1512172800, "type": "view"}]}),
         "empty events": orjson.dumps({"id": "e", "events": []}),
         "unknown event type": orjson.dumps({"id": "k", "events": [{**event, "type": "click"}]}),
         "not UTF-8": b'{"id": "\xff\xfe", "events": []}',

@@ -58,7 +58,10 @@ def test_server_sorts_events_by_time(triton, examples):
     [
         (b'{"id": "a", "events": []}', "record 1: events must not be empty"),
         (b"not json", "record 1: not valid JSON"),
-        (b'{"id": "a", "events": [{"ts": 1, "type": "click", "item": "1"}]}', "events[0].type"),
+        (
+            b'{"id": "a", "events": [{"ts": 1512172800, "type": "click", "item": "1"}]}',
+            "events[0].type",
+        ),
     ],
 )
 def test_bad_record_is_rejected_with_invalid_argument(triton, examples, payload, message):

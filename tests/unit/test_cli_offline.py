@@ -21,11 +21,14 @@ from ubm import (
 from ubm._jsonl import parse_line
 from ubm.cli import main
 
-VALID = b'{"id": "u1", "events": [{"ts": 1, "type": "view", "item": "i1", "category": "c1"}]}'
+T0 = 1512172800  # 2017-12-02 00:00 UTC
+VALID = (
+    b'{"id": "u1", "events": [{"ts": 1512172800, "type": "view", "item": "i1", "category": "c1"}]}'
+)
 
 
 def line(record_id: str, n_events: int = 1) -> bytes:
-    events = [{"ts": i, "type": "cart", "item": str(i)} for i in range(n_events)]
+    events = [{"ts": T0 + i, "type": "cart", "item": str(i)} for i in range(n_events)]
     return orjson.dumps({"id": record_id, "events": events})
 
 
@@ -79,16 +82,20 @@ def test_parse_line_returns_the_record_of_a_valid_line():
         (b"not json\n", None, "not valid JSON: "),
         (b'{"id": "u1", "events": [\n', None, "not valid JSON: "),
         (b'{"id": "\xff\xfe"}\n', None, "not UTF-8 text: invalid start byte at byte 8"),
-        (b"[1, 2]", None, "a record must be a JSON object, got list"),
+        (b"[1, 2]", None, "a record must be a JSON object, got a JSON array"),
         (b'{"events": [{"ts": 1, "type": "view", "item": "i"}]}', None, "id must be a string"),
-        (b'{"id": "u2"}', "u2", "events must be a list, got NoneType"),
+        (b'{"id": "u2"}', "u2", "events must be a list, got None"),
         (b'{"id": "u3", "events": []}', "u3", "events must not be empty"),
-        (b'{"id": "u4", "events": "view"}', "u4", "events must be a list, got str"),
-        (b'{"id": [1], "events": []}', None, "id must be a string or integer, got list"),
+        (b'{"id": "u4", "events": "view"}', "u4", "events must be a list, got 'view'"),
+        (b'{"id": [1], "events": []}', None, "id must be a string or integer, got a JSON array"),
         (b'{"id": 5, "events": [{"type": "view", "item": "i"}]}', "5", "events[0].ts"),
         (b'{"id": "u6", "events": [{"ts": "1", "type": "view", "item": "i"}]}', "u6", ".ts"),
-        (b'{"id": "u7", "events": [{"ts": 1, "type": "click", "item": "i"}]}', "u7", ".type"),
-        (b'{"id": "u8", "events": [{"ts": 1, "type": "view"}]}', "u8", "events[0].item"),
+        (
+            b'{"id": "u7", "events": [{"ts": 1512172800, "type": "click", "item": "i"}]}',
+            "u7",
+            ".type",
+        ),
+        (b'{"id": "u8", "events": [{"ts": 1512172800, "type": "view"}]}', "u8", "events[0].item"),
     ],
 )
 def test_parse_line_turns_every_bad_line_into_an_error_row(raw, record_id, why):
@@ -216,17 +223,17 @@ def test_errors_file_gets_the_error_rows_too(tmp_path, server):
 def test_resume_skips_finished_lines_and_appends_the_rest_in_order(tmp_path, server):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_bytes(b"\n".join([line("a"), b"oops", line("b"), line("c"), line("d")]) + b"\n")
-    # An earlier run wrote "a", the error row of line 2 and "c", and was killed writing "b".
+    # An earlier run wrote "a", the error row of line 2 and "b", and was killed writing "c".
     out.write_bytes(
         b'{"id":"a","purchase_probability":0.1}\n'
         b'{"id":null,"line":2,"error":"not valid JSON"}\n'
-        b'{"id":"c","purchase_probability":0.1}\n'
-        b'{"id":"b","purch'
+        b'{"id":"b","purchase_probability":0.1}\n'
+        b'{"id":"c","purch'
     )
     result = run(["score", str(source), "-o", str(out), "--resume"])
     assert result.exit_code == 0, result.output
-    assert [r["id"] for r in rows(out.read_bytes())] == ["a", None, "c", "b", "d"]
-    assert server == [["b", "d"]]
+    assert [r["id"] for r in rows(out.read_bytes())] == ["a", None, "b", "c", "d"]
+    assert server == [["c", "d"]]
     assert "5 lines, 3 skipped, 2 scored, 0 failed" in result.stderr
 
 
@@ -282,3 +289,134 @@ def test_connection_options_reach_the_client(monkeypatch, tmp_path):
     )
     assert result.exit_code == 2  # is_ready returned None
     assert seen == {"url": "a:1,b:2", "headers": {"authorization": "x"}}
+
+
+def write_lines(path, *lines: bytes):
+    path.write_bytes(b"".join(line_ + b"\n" for line_ in lines))
+    return path
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, server, how, resume):
+    source = write_lines(tmp_path / "in.jsonl", line("a"), line("b"))
+    content = source.read_bytes()
+    target = tmp_path / "out.jsonl"
+    if how == "same path":
+        target = source
+    elif how == "symlink":
+        target.symlink_to(source)
+    else:
+        target.hardlink_to(source)
+    result = run(["score", str(source), "-o", str(target), *(["--resume"] if resume else [])])
+    assert result.exit_code == 2
+    assert "is the input file: refusing to overwrite it" in result.stderr
+    assert "Traceback" not in result.output
+    assert source.read_bytes() == content
+    assert server == []
+
+
+def test_errors_file_may_not_be_the_input_or_the_output(tmp_path, server):
+    source = write_lines(tmp_path / "in.jsonl", line("a"))
+    out = write_lines(tmp_path / "out.jsonl", b"keep")
+    for errors in (source, out):
+        result = run(["score", str(source), "-o", str(out), "--errors", str(errors)])
+        assert result.exit_code == 2, result.output
+        assert "refusing to overwrite it" in result.stderr
+    assert out.read_bytes() == b"keep\n"
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("missing/dir/e.jsonl", "no such directory"), ("a_file/e.jsonl", "Not a directory")],
+)
+def test_a_bad_errors_path_leaves_the_output_untouched(tmp_path, server, where, reason):
+    source = write_lines(tmp_path / "in.jsonl", line("a"))
+    keep = write_lines(tmp_path / "keep.out", b'{"id":"old","purchase_probability":0.5}')
+    content = keep.read_bytes()
+    write_lines(tmp_path / "a_file", b"x")
+    fresh = tmp_path / "fresh.out"
+    for out in (keep, fresh):
+        result = run(["score", str(source), "-o", str(out), "--errors", str(tmp_path / where)])
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [
+            f"Error: --errors {tmp_path / where}: {reason}"
+        ]
+    assert keep.read_bytes() == content
+    assert not fresh.exists()
+    assert server == []
+
+
+@pytest.mark.parametrize("where", ["missing/out.jsonl", "a_file/out.jsonl"])
+def test_an_output_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, server, where):
+    source = write_lines(tmp_path / "in.jsonl", line("a"))
+    write_lines(tmp_path / "a_file", b"x")
+    result = run(["score", str(source), "-o", str(tmp_path / where)])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"-o {tmp_path / where}: " in result.stderr
+
+
+def test_resume_with_duplicate_ids_writes_one_row_per_line(tmp_path, server):
+    ids = [f"u{i}" for i in range(10)]
+    ids[7] = ids[0]
+    source = write_lines(tmp_path / "in.jsonl", *(line(i) for i in ids))
+    out = tmp_path / "out.jsonl"
+    first = run(["score", str(source), "-o", str(out)])
+    assert first.exit_code == 0
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:3]))
+    result = run(["score", str(source), "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in rows(out.read_bytes())] == ids
+    assert "10 lines, 3 skipped, 7 scored" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        b'{"id":"a","purchase_probability":0.1}\n{"id":"x","purchase_probability":0.1}\n',
+        b'{"id":"a","purchase_probability":0.1}\n' * 3,
+        b"not a row\n",
+    ],
+)
+def test_resume_refuses_an_output_that_does_not_answer_the_input(tmp_path, server, earlier):
+    source = write_lines(tmp_path / "in.jsonl", line("a"), line("b"))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(earlier)
+    result = run(["score", str(source), "-o", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert "--resume: " in result.stderr and "Traceback" not in result.output
+    assert out.read_bytes() == earlier
+    assert server == []
+
+
+@pytest.mark.parametrize("url", ["", ",", "127.0.0.1:99999", "localhost", "a:1,,b:2"])
+def test_a_malformed_url_is_a_usage_error(server, url):
+    result = run(["score", "-", "--url", url], stdin=line("a"))
+    assert result.exit_code == 2
+    assert "Invalid value for '--url'" in result.stderr
+    assert "Traceback" not in result.output
+    assert server == []
+
+
+def test_a_timestamp_out_of_range_fails_its_line_and_the_rest_of_the_batch_is_scored(server):
+    good = line("a")
+    millis = orjson.dumps({"id": "ms", "events": [{"ts": T0 * 1000, "type": "view", "item": "1"}]})
+    result = run(["score", "-", "--batch-size", "4"], stdin=b"\n".join([good, millis, good]))
+    assert result.exit_code == 1
+    out = rows(result.stdout_bytes)
+    assert [r.get("purchase_probability") is not None for r in out] == [True, False, True]
+    assert "events[0].ts must be whole unix seconds" in out[1]["error"]
+    assert server == [["a", "a"]]
+
+
+def test_a_byte_order_mark_before_the_first_line_is_skipped(server):
+    result = run(["score", "-"], stdin=b"\xef\xbb\xbf" + line("a") + b"\n" + line("b"))
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in rows(result.stdout_bytes)] == ["a", "b"]
+
+
+def test_an_integer_id_comes_back_as_its_string(server):
+    raw = orjson.dumps({"id": 42, "events": [{"ts": T0, "type": "view", "item": "1"}]})
+    result = run(["score", "-"], stdin=raw)
+    assert rows(result.stdout_bytes)[0]["id"] == "42"

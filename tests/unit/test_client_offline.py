@@ -21,9 +21,11 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from ubm import (
     AsyncUbmClient,
+    Event,
     InvalidRecordError,
     InvalidRequestError,
     ModelNotReadyError,
+    Record,
     RequestTimeoutError,
     Score,
     ServerError,
@@ -37,10 +39,11 @@ from ubm._base import RetryPolicy
 from ubm.exceptions import from_triton_error
 
 HIDDEN = 4
+T0 = 1512172800  # 2017-12-02 00:00 UTC
 
 
 def record(record_id: str, n_events: int = 1) -> dict:
-    events = [{"ts": 100 - i, "type": "view", "item": f"i{i}"} for i in range(n_events)]
+    events = [{"ts": T0 - i, "type": "view", "item": f"i{i}"} for i in range(n_events)]
     return {"id": record_id, "events": events}
 
 
@@ -172,7 +175,7 @@ def test_score_sends_the_validated_record(connect, fake_triton):
         client.score([raw, parse_record(record("parsed"))])
     sent = fake.sent_rows(0)
     assert sent[0]["id"] == "7" and "extra" not in sent[0]
-    assert [e["ts"] for e in sent[0]["events"]] == [98, 99, 100]
+    assert [e["ts"] for e in sent[0]["events"]] == [T0 - 2, T0 - 1, T0]
     assert sent[1]["id"] == "parsed"
 
 
@@ -449,7 +452,7 @@ def test_a_client_certificate_needs_its_key():
 
 @pytest.mark.parametrize("url", ["", "a:1,", " , b:2"])
 def test_an_empty_address_is_refused(url):
-    with pytest.raises(ValueError, match="host:port"):
+    with pytest.raises(ValueError, match="HOST:PORT"):
         UbmClient(url)
 
 
@@ -457,3 +460,63 @@ def test_config_is_the_model_config(connect, fake_triton):
     _, url = fake_triton
     with connect(url) as client:
         assert client.config() == {"name": "ubm", "max_batch_size": 256}
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:99999", "127.0.0.1:0", "host", "::1:8001", "h:80a", "a:1,b"]
+)
+def test_an_address_without_a_valid_port_is_refused(url):
+    with pytest.raises(ValueError, match=r"HOST:PORT|port|brackets"):
+        UbmClient(url)
+
+
+def test_model_not_found_is_retried_once_the_model_has_answered(connect, fake_triton):
+    """A graceful restart or rollout: Triton answers NOT_FOUND while the model is unloaded."""
+    fake, url = fake_triton
+    with connect(url, retry_deadline_s=5, backoff_s=0) as client:
+        client.score([record("a")])
+        fake.fail_with = [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND]
+        assert [s.id for s in client.score([record("b")])] == ["b"]
+    assert len(fake.requests) == 4
+
+
+def test_model_not_found_fails_at_once_when_the_model_never_answered(connect, fake_triton):
+    fake, url = fake_triton
+    fake.fail_with = [grpc.StatusCode.NOT_FOUND] * 10
+    with (
+        connect(url, retry_deadline_s=5, backoff_s=0) as client,
+        pytest.raises(ModelNotReadyError),
+    ):
+        client.score([record("a")])
+    assert len(fake.requests) == 1
+
+
+def test_inference_carries_the_client_timeout_to_the_server(connect, fake_triton):
+    fake, url = fake_triton
+    with connect(url, timeout_s=2.5) as client:
+        client.score([record("a")])
+    assert fake.requests[0].parameters["timeout"].int64_param == 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"ts": 10**30}, "events[0].ts"),
+        ({"ts": T0 * 1000}, "events[0].ts"),
+        ({"item": "\ud800"}, "events[0].item"),
+    ],
+)
+def test_records_json_cannot_carry_are_invalid_record_errors(connect, fake_triton, event, field):
+    fake, url = fake_triton
+    bad = {"id": "x", "events": [{**record("x")["events"][0], **event}]}
+    with connect(url) as client, pytest.raises(InvalidRecordError, match=r"record 1: ") as info:
+        client.score([record("a"), bad])
+    assert field in str(info.value) and info.value.index == 1
+    assert fake.requests == []
+
+
+def test_a_hand_made_record_json_cannot_carry_is_an_invalid_record_error(connect, fake_triton):
+    _, url = fake_triton
+    hand_made = Record(id="h", events=(Event(ts=10**30, type="view", item="1"),))
+    with connect(url) as client, pytest.raises(InvalidRecordError, match="record 0: "):
+        client.score_batch([hand_made])
