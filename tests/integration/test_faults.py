@@ -7,6 +7,7 @@ start their own on free ports, so that the other tests' server is left alone.
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -125,6 +126,41 @@ def test_a_run_survives_a_server_crash_and_restart(own_server, examples, tmp_pat
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr.decode()
     assert output_ids(output) == ids  # one row per line, in order: no loss, no duplicate
+
+
+def test_a_run_survives_a_graceful_server_restart(own_server, examples, tmp_path):
+    """What a rollout or a Kubernetes pod termination does: SIGINT, exit, start again."""
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_records(source, examples, 3000)
+    run = start_score(
+        source, output, own_server.grpc_url, "--batch-size", "8", "--concurrency", "4"
+    )
+    wait_for_rows(output, 100, run)
+    assert run.poll() is None, "the run ended before the restart"
+    own_server.stop()  # graceful: Triton unloads the models and answers NOT_FOUND meanwhile
+    time.sleep(3)
+    own_server.start()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr.decode()
+    assert output_ids(output) == ids
+
+
+def test_ctrl_c_keeps_the_complete_rows_exits_130_and_resume_finishes(triton, examples, tmp_path):
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_records(source, examples, 3000)
+    run = start_score(source, output, triton.grpc_url, "--batch-size", "8")
+    wait_for_rows(output, 50, run)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 130, stderr.decode()
+    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    done = output_ids(output)  # every row complete
+    assert done == ids[: len(done)] and len(done) < len(ids)
+
+    resumed = start_score(source, output, triton.grpc_url, "--resume", "--batch-size", "32")
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr.decode()
+    assert output_ids(output) == ids
 
 
 def test_an_outage_past_the_retry_deadline_exits_2_and_resume_finishes(
