@@ -326,6 +326,10 @@ def serve_command(
         f"Triton ready: gRPC {triton.grpc_url}, HTTP {host}:{triton.ports.http},"
         f" metrics {host}:{triton.ports.metrics} (log: {triton.log_path})"
     )
+    _echo(
+        f"{', '.join(server.RESTRICTED_APIS)} APIs need the token in {triton.admin_token_path}"
+        f" (header {server.ADMIN_HEADER} over HTTP, {server.GRPC_ADMIN_HEADER} over gRPC)"
+    )
     if detach:
         return
     try:
@@ -342,12 +346,15 @@ def serve_command(
 @main.command("stop")
 @run_dir_option
 def stop_command(run_dir: Path) -> None:
-    """Stop the server that `serve --detach` started."""
+    """Stop the server that `serve --detach` started, and remove its stale shared memory."""
     pid_file = run_dir / PID_FILE
-    if not pid_file.exists():
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        server.stop_process(pid, server.DEFAULT_STOP_TIMEOUT_S)
+        pid_file.unlink()
+        _echo(f"server (pid {pid}) stopped")
+    else:
         _echo("no server running")
-        return
-    pid = int(pid_file.read_text())
-    server.stop_process(pid, server.DEFAULT_STOP_TIMEOUT_S)
-    pid_file.unlink()
-    _echo(f"server (pid {pid}) stopped")
+    removed = server.remove_stale_regions_of(run_dir)
+    if removed:
+        _echo(f"removed {len(removed)} stale shared-memory region(s) of the server")

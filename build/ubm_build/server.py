@@ -5,17 +5,34 @@ stub per Python version. `TritonServer` assembles a backend directory holding th
 matches this interpreter, starts the server on our own model repository and waits until the
 ensemble is ready. The python backend's stub runs in *this* virtual environment: it finds its
 interpreter through ``PATH``, so the environment's ``bin/`` goes first there.
+
+Hardening (the server is started so that):
+
+- Triton's APIs that our SDK never uses (shared-memory registration, logging, trace, model
+  repository) need a header holding a token generated per start, written owner-only to
+  ``<workdir>/admin-token``. Health, metadata, model config, statistics and inference stay open.
+  The token is also on tritonserver's command line, which local users can read in /proc unless
+  it is mounted with ``hidepid``: it keeps out network clients, not other users of the host.
+- The python backend's shared-memory regions, which hold the raw records, are named with a
+  prefix of our own (`shm_prefix`) and made owner-only. The backend sets their mode to 0644
+  itself, whatever the umask (077 for the server), so a guard thread tightens them to 0600 as
+  they appear during start-up, before any request can reach them. Regions of our prefix that a
+  killed server left behind are removed when a server on the same gRPC port starts or stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +47,19 @@ PYTRITON_DIR = Path(pytriton.__file__).resolve().parent / "tritonserver"
 PYTRITON_LIBS = PYTRITON_DIR.parent.parent / "nvidia_pytriton.libs"
 DEFAULT_STARTUP_TIMEOUT_S = 180.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
+
+SHM_DIR = Path("/dev/shm")
+SERVER_UMASK = 0o077
+REGION_MODE = 0o600
+REGION_GUARD_INTERVAL_S = 0.01
+ADMIN_TOKEN_FILE = "admin-token"
+SHM_PREFIX_FILE = "shm-prefix"
+# HTTP clients send ADMIN_HEADER; tritonserver prefixes the key of gRPC restrictions itself.
+ADMIN_HEADER = "ubm-admin-token"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+# Triton's API groups our SDK and tools never call; health, metadata, inference, model-config
+# and statistics (read by the benchmarks) stay open.
+RESTRICTED_APIS = ("shared-memory", "logging", "trace", "model-repository")
 
 
 class ServerError(RuntimeError):
@@ -93,10 +123,129 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+# --- the python backend's shared-memory regions -----------------------------------------------
+
+
+def shm_prefix(grpc_port: int) -> str:
+    """Name prefix of the shared-memory regions of our server on `grpc_port`, for this user.
+
+    Only one server can listen on a port at a time, so a region with this prefix that no
+    running process maps was left behind by a killed server on the same port. The trailing
+    ``_`` keeps the prefix of port 800 from matching the regions of port 8001.
+    """
+    return f"ubm_{os.getuid()}_{grpc_port}_"
+
+
+def our_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """The regular files in `shm_dir` named ``<prefix>...`` and owned by this user."""
+    found = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(shm_dir) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+def tighten_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Make our regions with `prefix` owner-only (0600); returns those whose mode changed."""
+    tightened = []
+    for path in our_regions(prefix, shm_dir):
+        with contextlib.suppress(FileNotFoundError):  # the server may unlink it meanwhile
+            if stat.S_IMODE(path.stat().st_mode) != REGION_MODE:
+                path.chmod(REGION_MODE)
+                tightened.append(path)
+    return tightened
+
+
+def mapped_paths(directory: Path) -> set[str]:
+    """Paths under `directory` that some process we may inspect has mapped (/proc/*/maps).
+
+    Processes of other users are not readable unless we are root; they cannot map our
+    owner-only regions anyway.
+    """
+    needle = os.fsencode(os.path.realpath(directory)) + b"/"
+    found: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_bytes()
+        except OSError:  # exited, or another user's process
+            continue
+        if needle not in maps:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(needle):
+                found.add(os.fsdecode(fields[5].removesuffix(b" (deleted)")))
+    return found
+
+
+def remove_stale_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Delete our regions with `prefix` that no live process maps; returns those deleted.
+
+    Regions of another prefix, of another user, or mapped by a running server or stub are
+    never touched.
+    """
+    regions = our_regions(prefix, shm_dir)
+    if not regions:
+        return []
+    in_use = mapped_paths(shm_dir)
+    removed = []
+    for path in regions:
+        if os.path.realpath(path) in in_use:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def remove_stale_regions_of(workdir: Path, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """`remove_stale_regions` for the prefix the last server started in `workdir` used."""
+    prefix_file = Path(workdir) / SHM_PREFIX_FILE
+    if not prefix_file.is_file():
+        return []
+    prefix = prefix_file.read_text().strip()
+    return remove_stale_regions(prefix, shm_dir) if prefix else []
+
+
+# --- the admin token ----------------------------------------------------------------------------
+
+
+def write_owner_only(path: Path, text: str) -> None:
+    """Replace `path` with `text`, mode 0600 from the moment it exists."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored for a file left by an earlier run
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+
+
+def write_admin_token(workdir: Path) -> str:
+    """Generate a new admin token and write it owner-only to ``<workdir>/admin-token``."""
+    token = secrets.token_urlsafe(32)
+    write_owner_only(Path(workdir) / ADMIN_TOKEN_FILE, token + "\n")
+    return token
+
+
+def read_admin_token(workdir: Path) -> str:
+    """The admin token of the server last started in `workdir`."""
+    return (Path(workdir) / ADMIN_TOKEN_FILE).read_text().strip()
+
+
 class TritonServer:
     """A `tritonserver` process serving one model repository on localhost.
 
-    Use as a context manager, or call `start` and `stop`. Logs go to `log_path`.
+    Use as a context manager, or call `start` and `stop`. Logs go to `log_path`. `shm_dir`
+    stands for /dev/shm, where the python backend's regions live (a parameter for tests).
     """
 
     def __init__(
@@ -107,14 +256,19 @@ class TritonServer:
         ports: Ports | None = None,
         host: str = "127.0.0.1",
         verbose: bool = False,
+        shm_dir: Path = SHM_DIR,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.workdir = Path(workdir).resolve()
         self.ports = ports or Ports()
         self.host = host
         self.verbose = verbose
+        self.shm_dir = Path(shm_dir)
         self.log_path = self.workdir / "tritonserver.log"
+        self.admin_token_path = self.workdir / ADMIN_TOKEN_FILE
         self._process: subprocess.Popen | None = None
+        self._guard: threading.Thread | None = None
+        self._guard_done = threading.Event()
 
     @property
     def grpc_url(self) -> str:
@@ -128,17 +282,27 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def command(self) -> list[str]:
+    @property
+    def shm_prefix(self) -> str:
+        """Name prefix of this server's python-backend shared-memory regions."""
+        return shm_prefix(self.ports.grpc)
+
+    def command(self, admin_token: str) -> list[str]:
+        """The tritonserver command line; `admin_token` unlocks the `RESTRICTED_APIS`."""
         backends = assemble_backends(self.workdir / "backends")
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_token}"
         return [
             str(PYTRITON_DIR / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backends}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--model-control-mode=none",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.ports.grpc}",
+            f"--grpc-restricted-protocol={restricted}",
             f"--http-address={self.host}",
             f"--http-port={self.ports.http}",
+            f"--http-restricted-api={restricted}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.ports.metrics}",
             "--allow-gpu-metrics=false",
@@ -147,19 +311,46 @@ class TritonServer:
         ]
 
     def start(self, *, detach: bool = False) -> None:
-        """Start the server; `detach` lets it outlive this Python process (``make serve``)."""
+        """Start the server; `detach` lets it outlive this Python process (``make serve``).
+
+        Removes the regions a killed server on the same gRPC port left behind, writes a new
+        admin token, and starts guarding the new regions' mode until `wait_ready` returns.
+        """
         if self._process is not None:
             raise ServerError("server already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        remove_stale_regions(self.shm_prefix, self.shm_dir)
+        write_owner_only(self.workdir / SHM_PREFIX_FILE, self.shm_prefix + "\n")
+        command = self.command(write_admin_token(self.workdir))
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(log_fd, "ab") as log:
             self._process = subprocess.Popen(
-                self.command(),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=server_environment(),
                 start_new_session=detach,
+                umask=SERVER_UMASK,
             )
+        self._guard_done.clear()
+        self._guard = threading.Thread(
+            target=self._guard_regions, name="ubm-shm-guard", daemon=True
+        )
+        self._guard.start()
+
+    def _guard_regions(self) -> None:
+        while not self._guard_done.is_set():
+            tighten_regions(self.shm_prefix, self.shm_dir)
+            self._guard_done.wait(REGION_GUARD_INTERVAL_S)
+
+    def _stop_guard(self) -> None:
+        """End the guard thread after one last pass over the regions."""
+        self._guard_done.set()
+        if self._guard is not None:
+            self._guard.join()
+            self._guard = None
+        tighten_regions(self.shm_prefix, self.shm_dir)
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -176,7 +367,10 @@ class TritonServer:
     def wait_ready(
         self, model: str = contract.ENSEMBLE, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     ) -> None:
-        """Block until the server and `model` are ready.
+        """Block until the server and `model` are ready, with its regions owner-only.
+
+        The python backend creates its regions while it loads the models, before the server
+        is ready, and (with ``--model-control-mode=none``) never after.
 
         Raises:
             ServerError: the process exited or `timeout_s` passed (the message ends with
@@ -187,16 +381,24 @@ class TritonServer:
             if not self.is_alive():
                 raise ServerError(f"tritonserver exited during start-up\n{self.log_tail()}")
             if self._http_ok("/v2/health/ready") and self._http_ok(f"/v2/models/{model}/ready"):
+                self._stop_guard()
                 return
             time.sleep(0.25)
         raise ServerError(f"model {model!r} not ready after {timeout_s:.0f} s\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Ask the server to shut down (SIGINT), and kill it if it has not within `timeout_s`."""
+        """Ask the server to shut down (SIGINT), and kill it if it has not within `timeout_s`.
+
+        Then removes the regions of our prefix that no process maps any more (tritonserver
+        removes its own on a clean exit; after a kill they would stay).
+        """
         if self._process is None:
             return
+        self._guard_done.set()
         stop_process(self._process.pid, timeout_s, self._process)
         self._process = None
+        self._stop_guard()
+        remove_stale_regions(self.shm_prefix, self.shm_dir)
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
@@ -223,8 +425,8 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+    stat_file = Path(f"/proc/{pid}/stat")
+    return not (stat_file.exists() and stat_file.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def stop_process(pid: int, timeout_s: float, process: subprocess.Popen | None = None) -> None:
