@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
+from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 import ubm.contract
@@ -23,6 +24,18 @@ TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
 ENCODED = "encoded"
 """The ensemble's internal name for the encoder's output (see `contract.HEAD_EMBEDDING`)."""
+VOCAB_SIZE_PARAMETER = "vocab_size"
+"""Encoder config parameter: token ids must lie in [0, vocab_size). `onnx_model.py` runs inside
+Triton, where it cannot import this module, so it repeats the name; a unit test compares them."""
+MAX_LENGTH_PARAMETER = "max_length"
+"""Preprocess and encoder config parameter: the longest token sequence."""
+MAX_QUEUE_WAIT_US = 300_000_000
+"""Longest time a request waits in one model's queue before Triton rejects it (5 minutes).
+
+Triton lets a request shorten its queue timeout (the request's ``timeout`` parameter, in
+microseconds) only below the model's default timeout, and a default of 0 means "no timeout" and
+disables that override; so the default is a generous ceiling that no waiting client reaches,
+and a client's own timeout does the real work."""
 
 
 class Target(enum.Enum):
@@ -54,6 +67,9 @@ class RepositorySpec:
     max_length: int
     hidden_size: int
     n_features: int
+    vocab_size: int | None = None
+    """Token ids the encoder accepts: [0, vocab_size). `write_repository` fills it from the
+    tokenizer when left out; `model_configs` needs it for the CPU target."""
     target: Target = Target.CPU_PYTHON
     max_batch_size: int = contract.MAX_BATCH_SIZE
     tuning: Tuning = Tuning()
@@ -61,6 +77,23 @@ class RepositorySpec:
 
 def _tensor(name: str, data_type: str, dims: list[int], **extra) -> dict:
     return {"name": name, "data_type": data_type, "dims": dims, **extra}
+
+
+def _dynamic_batching(spec: RepositorySpec) -> dict:
+    """Each model's batcher; a request's own ``timeout`` makes Triton reject it once it waited
+    that long in the queue (the ensemble passes its request's timeout to every step)."""
+    return {
+        "max_queue_delay_microseconds": spec.tuning.max_queue_delay_us,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": MAX_QUEUE_WAIT_US,
+            "allow_timeout_override": True,
+        },
+    }
+
+
+def _string_parameters(values: dict[str, int]) -> dict:
+    return {key: {"string_value": str(value)} for key, value in values.items()}
 
 
 def _onnx_model(
@@ -71,21 +104,22 @@ def _onnx_model(
     instances: int,
     threads: int,
     rows_per_run: int = 0,
+    limits: dict[str, int] | None = None,
 ) -> dict:
+    """An ONNX model's config; `limits` are extra parameters its python model validates with."""
     config = {
         "name": name,
         "max_batch_size": spec.max_batch_size,
         "input": inputs,
         "output": outputs,
         "instance_group": [{"kind": "KIND_CPU", "count": instances}],
-        "dynamic_batching": {"max_queue_delay_microseconds": spec.tuning.max_queue_delay_us},
+        "dynamic_batching": _dynamic_batching(spec),
     }
     if spec.target is Target.CPU_PYTHON:
         config["backend"] = "python"
-        config["parameters"] = {
-            "intra_op_threads": {"string_value": str(threads)},
-            "rows_per_run": {"string_value": str(rows_per_run)},
-        }
+        config["parameters"] = _string_parameters(
+            {"intra_op_threads": threads, "rows_per_run": rows_per_run, **(limits or {})}
+        )
     else:
         config["platform"] = "onnxruntime_onnx"
         config["parameters"] = {
@@ -96,7 +130,13 @@ def _onnx_model(
 
 
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
-    """The four model configs as plain dicts, keyed by model name."""
+    """The four model configs as plain dicts, keyed by model name.
+
+    Raises:
+        ValueError: the CPU target without `spec.vocab_size`.
+    """
+    if spec.target is Target.CPU_PYTHON and spec.vocab_size is None:
+        raise ValueError("RepositorySpec.vocab_size is required for the CPU target")
     ragged = {"allow_ragged_batch": True}
     token_inputs = [
         _tensor(contract.INPUT_IDS, "TYPE_INT64", [-1], **ragged),
@@ -120,6 +160,9 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "output_map": outputs,
         }
 
+    encoder_limits = {MAX_LENGTH_PARAMETER: spec.max_length}
+    if spec.vocab_size is not None:
+        encoder_limits[VOCAB_SIZE_PARAMETER] = spec.vocab_size
     tokens = {
         contract.INPUT_IDS: contract.INPUT_IDS,
         contract.ATTENTION_MASK: contract.ATTENTION_MASK,
@@ -157,8 +200,8 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "input": [records],
             "output": [*token_outputs, feature_tensor],
             "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
-            "dynamic_batching": {"max_queue_delay_microseconds": spec.tuning.max_queue_delay_us},
-            "parameters": {"max_length": {"string_value": str(spec.max_length)}},
+            "dynamic_batching": _dynamic_batching(spec),
+            "parameters": _string_parameters({MAX_LENGTH_PARAMETER: spec.max_length}),
         },
         contract.ENCODER: _onnx_model(
             contract.ENCODER,
@@ -168,6 +211,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             spec.tuning.encoder_instances,
             spec.tuning.encoder_threads,
             spec.tuning.encoder_rows_per_run,
+            encoder_limits,
         ),
         contract.HEAD: _onnx_model(
             contract.HEAD,
@@ -189,7 +233,20 @@ def to_pbtxt(config: dict) -> str:
 def write_repository(
     out: Path, spec: RepositorySpec, *, tokenizer_json: Path, encoder_onnx: Path, head_onnx: Path
 ) -> Path:
-    """(Re)write the four models under `out`; other entries of `out` are left alone."""
+    """(Re)write the four models under `out`; other entries of `out` are left alone.
+
+    Raises:
+        ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary.
+    """
+    tokenizer_vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(
+        with_added_tokens=True
+    )
+    if spec.vocab_size is None:
+        spec = replace(spec, vocab_size=tokenizer_vocab)
+    elif spec.vocab_size < tokenizer_vocab:
+        raise ValueError(
+            f"vocab_size {spec.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}"
+        )
     for name, config in model_configs(spec).items():
         model_dir = out / name
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -204,6 +261,7 @@ def write_repository(
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
         if spec.target is Target.CPU_PYTHON:
             shutil.copy2(TRITON_MODELS / "onnx_model.py", out / name / "1" / "model.py")
+            shutil.copy2(ubm.contract.__file__, out / name / "1" / "contract.py")
         shutil.copy2(onnx, out / name / "1" / "model.onnx")
     return out
 

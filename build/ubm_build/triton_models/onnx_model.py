@@ -1,27 +1,63 @@
 """Triton python-backend model running an ONNX graph with ONNX Runtime on the CPU.
 
 Serves both `encoder` and `head` (the build copies it to ``<model>/1/model.py`` next to
-``model.onnx``). Triton has no ONNX Runtime backend in the pip-installed server, so this is how
-the CPU target runs ONNX; on a full Triton container the build can emit the native
-``onnxruntime_onnx`` platform instead.
+``model.onnx`` and ``contract.py``). Triton has no ONNX Runtime backend in the pip-installed
+server, so this is how the CPU target runs ONNX; on a full Triton container the build can emit
+the native ``onnxruntime_onnx`` platform instead.
 
-All requests handed over by the dynamic batcher are stacked into one batch. Their token
-sequences can differ in length (the inputs allow ragged batches): shorter ones are right-padded
-with zeros, which is padding for both token ids and attention mask. The batch then runs in
-slices of at most ``rows_per_run`` records (config parameter, 0 = all at once): on a CPU a
-transformer is fastest on a few records at a time, whose activations stay in cache.
+Clients can call these models directly, so each request is checked on its own first: token ids
+inside the vocabulary and no longer than ``max_length``, an attention mask of 0/1 with the ids'
+shape and at least one attended token per row, finite float inputs of the configured width. A
+bad request gets its own INVALID_ARG error, a cancelled one CANCELLED; neither is computed.
+
+The remaining requests of the dynamic batch are stacked into one batch. Their token sequences
+can differ in length (the inputs allow ragged batches): shorter ones are right-padded with zeros,
+which is padding for both token ids and attention mask. The batch then runs in slices of at most
+``rows_per_run`` records (config parameter, 0 = all at once): on a CPU a transformer is fastest
+on a few records at a time, whose activations stay in cache. If the batched run fails anyway,
+the requests run one by one, so only a request that fails on its own gets an error.
 """
 
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 try:
+    import contract  # copied next to this file in the model repository
+except ImportError:  # imported from the source tree (tests)
+    from ubm import contract
+
+try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton (tests)
     pb_utils = None
+
+MAX_ERROR_CHARS = 512
+"""Error messages are cut to this many characters (gRPC refuses long status messages)."""
+VOCAB_SIZE_PARAMETER = "vocab_size"
+"""Config parameter: token ids must lie in [0, vocab_size). Same name as
+`ubm_build.repository.VOCAB_SIZE_PARAMETER`, which this file cannot import inside Triton."""
+MAX_LENGTH_PARAMETER = "max_length"
+"""Config parameter: the longest token sequence accepted (as `repository.MAX_LENGTH_PARAMETER`)."""
+
+
+class RequestError(ValueError):
+    """A request's inputs are unfit for the model; the message is safe to send to the client."""
+
+
+def short(message: str) -> str:
+    """`message`, cut to `MAX_ERROR_CHARS` characters."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def error_response(message: str, code: int):
+    """An InferenceResponse that fails its request with `message` (cut) and `code`."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(short(message), code))
 
 
 def stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -51,10 +87,31 @@ def run_in_slices(
     return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
 
+def check_tokens(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_length: int) -> None:
+    """Raise RequestError unless `ids` and `mask` are a valid [n, length] token batch."""
+    if ids.ndim != 2 or not 0 < ids.shape[1] <= max_length:
+        raise RequestError(
+            f"{contract.INPUT_IDS} must have shape [n, length] with 1 <= length <= {max_length},"
+            f" got {list(ids.shape)}"
+        )
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise RequestError(f"{contract.INPUT_IDS} must lie in [0, {vocab_size})")
+    if mask.shape != ids.shape:
+        raise RequestError(
+            f"{contract.ATTENTION_MASK} must have the shape of {contract.INPUT_IDS}"
+            f" {list(ids.shape)}, got {list(mask.shape)}"
+        )
+    if not ((mask == 0) | (mask == 1)).all():
+        raise RequestError(f"{contract.ATTENTION_MASK} must hold only 0 and 1")
+    if not mask.any(axis=1).all():
+        raise RequestError(f"every row of {contract.ATTENTION_MASK} must attend to a token")
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        """Open `model.onnx`; threads and rows per run come from the config's parameters."""
+        """Open `model.onnx`; threads, rows per run and input limits come from the config."""
         config = json.loads(args["model_config"])
+        self.name = config.get("name", "model")
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
@@ -64,14 +121,86 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
+        self.dims = {i["name"]: [int(d) for d in i["dims"]] for i in config["input"]}
         self.outputs = [o["name"] for o in config["output"]]
+        self.tokens = contract.INPUT_IDS in self.inputs
+        if self.tokens:
+            if VOCAB_SIZE_PARAMETER not in params or MAX_LENGTH_PARAMETER not in params:
+                raise ValueError(
+                    f"a model with {contract.INPUT_IDS} needs the config parameters"
+                    f" {VOCAB_SIZE_PARAMETER} and {MAX_LENGTH_PARAMETER}"
+                )
+            self.vocab_size = int(params[VOCAB_SIZE_PARAMETER])
+            self.max_length = int(params[MAX_LENGTH_PARAMETER])
 
     def execute(self, requests: list) -> list:
-        # Gather every request's inputs, run once, split the outputs back per request.
-        feeds = [
-            [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs]
-            for r in requests
-        ]
+        """One response per request, in order; a request's failure is its own."""
+        responses: list = [None] * len(requests)
+        accepted: list[int] = []
+        feeds: list[list[np.ndarray]] = []
+        for r, request in enumerate(requests):
+            if request.is_cancelled():
+                responses[r] = error_response("request cancelled", pb_utils.TritonError.CANCELLED)
+                continue
+            try:
+                feeds.append(self.checked_inputs(request))
+                accepted.append(r)
+            except RequestError as e:
+                responses[r] = error_response(str(e), pb_utils.TritonError.INVALID_ARG)
+            except Exception:
+                responses[r] = self.internal_error("reading a request's inputs")
+        if feeds:
+            for r, response in zip(accepted, self.run_each_alone_on_failure(feeds), strict=True):
+                responses[r] = response
+        return responses
+
+    def checked_inputs(self, request) -> list[np.ndarray]:
+        """The request's inputs in config order; RequestError says what is wrong with them."""
+        arrays = []
+        for name in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RequestError(f"input {name} is missing")
+            array = tensor.as_numpy()
+            dims = self.dims[name]
+            if array.ndim != len(dims) + 1 or array.shape[0] == 0:
+                raise RequestError(f"{name} must have {len(dims) + 1} dimensions and n >= 1 rows")
+            if any(d != -1 and d != s for d, s in zip(dims, array.shape[1:], strict=True)):
+                raise RequestError(f"{name} must have shape [n, {', '.join(map(str, dims))}]")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise RequestError(f"{name} must be finite (no NaN or infinity)")
+            arrays.append(array)
+        if self.tokens:
+            named = dict(zip(self.inputs, arrays, strict=True))
+            check_tokens(
+                named[contract.INPUT_IDS],
+                named[contract.ATTENTION_MASK],
+                self.vocab_size,
+                self.max_length,
+            )
+        return arrays
+
+    def run_each_alone_on_failure(self, feeds: list[list[np.ndarray]]) -> list:
+        """Responses for `feeds` from one batched run or, if that fails, one run per request."""
+        try:
+            return self.run(feeds)
+        except Exception:
+            if len(feeds) == 1:
+                return [self.internal_error("running a request")]
+            pb_utils.Logger.log_warn(
+                f"{self.name}: a batch of {len(feeds)} requests failed, running them one by one:"
+                f"\n{traceback.format_exc()}"
+            )
+        responses = []
+        for feed in feeds:
+            try:
+                responses.extend(self.run([feed]))
+            except Exception:
+                responses.append(self.internal_error("running a request"))
+        return responses
+
+    def run(self, feeds: list[list[np.ndarray]]) -> list:
+        """Stack the requests' inputs, run once, split the outputs back into one response each."""
         sizes = [f[0].shape[0] for f in feeds]
         batch = {name: stack([f[i] for f in feeds]) for i, name in enumerate(self.inputs)}
         results = run_in_slices(self.session, self.outputs, batch, self.rows_per_run)
@@ -84,5 +213,13 @@ class TritonPythonModel:
                     for name, parts in zip(self.outputs, per_output, strict=True)
                 ]
             )
-            for r in range(len(requests))
+            for r in range(len(feeds))
         ]
+
+    def internal_error(self, doing: str):
+        """Log the current exception; a short INTERNAL error response without its details."""
+        pb_utils.Logger.log_error(f"{self.name}: failed {doing}:\n{traceback.format_exc()}")
+        return error_response(
+            f"{self.name} failed on this request (server error, see the server log)",
+            pb_utils.TritonError.INTERNAL,
+        )

@@ -3,9 +3,15 @@
 The build copies this file to ``preprocess/1/model.py`` together with ``records.py``,
 ``behaviour_text.py`` and ``features.py`` (the exact modules training used), ``contract.py`` and
 the model's ``tokenizer.json``; the python backend puts that directory on ``sys.path``.
+
+Each request of a dynamic batch is answered on its own: a bad record fails its own request with
+INVALID_ARG and ``record <i>: <why>`` (cut to `MAX_ERROR_CHARS`), an unexpected failure fails it
+with a short INTERNAL error (the traceback goes to the server log only), and a request its client
+cancelled is answered CANCELLED without being processed. The other requests are not affected.
 """
 
 import json
+import traceback
 from pathlib import Path
 
 import contract
@@ -20,6 +26,17 @@ try:
 except ImportError:  # imported outside Triton (tests)
     pb_utils = None
 
+MAX_ERROR_CHARS = 512
+"""Error messages are cut to this many characters. A record can hold megabytes; echoed in full,
+it would exceed gRPC's metadata limit and reach the client as RESOURCE_EXHAUSTED."""
+
+
+def short(message: str) -> str:
+    """`message`, cut to `MAX_ERROR_CHARS` characters."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 3] + "..."
+
 
 def events_of(rows: np.ndarray) -> list:
     """Each JSON record's events, sorted by time; RecordError names the bad row."""
@@ -32,6 +49,33 @@ def events_of(rows: np.ndarray) -> list:
     return events
 
 
+def features_of(events: list) -> np.ndarray:
+    """`feature_matrix` of the records' events; RecordError names a record that breaks it.
+
+    Valid records can still hold values the feature code cannot handle (a `ts` in milliseconds
+    is beyond `datetime`'s range); such a record fails, not the server.
+    """
+    try:
+        matrix = feature_matrix(events)
+    except Exception:
+        for i, record_events in enumerate(events):
+            try:
+                feature_matrix([record_events])
+            except Exception as e:
+                name = type(e).__name__
+                raise RecordError(f"record {i}: its events cannot be processed ({name})") from e
+        raise
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise RecordError(f"record {int(np.argmin(finite))}: its events give non-finite features")
+    return matrix
+
+
+def error_response(message: str, code: int):
+    """An InferenceResponse that fails its request with `message` (cut) and `code`."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(short(message), code))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         """Load the tokenizer; `max_length` comes from the config's parameters."""
@@ -40,24 +84,30 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(str(Path(__file__).with_name("tokenizer.json")))
 
     def execute(self, requests: list) -> list:
-        # One response per request, in order. A bad record fails its own request only.
-        responses = []
-        for request in requests:
+        """One response per request, in order; a request's failure is its own."""
+        return [self.answer(request) for request in requests]
+
+    def answer(self, request):
+        """The response to one request: its outputs, or its own error."""
+        if request.is_cancelled():
+            return error_response("request cancelled", pb_utils.TritonError.CANCELLED)
+        try:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
-            try:
-                events = events_of(rows)
-            except RecordError as e:
-                error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
+            events = events_of(rows)
+            features = features_of(events)  # before tokenizing: cheaper, and fails more often
             ids, mask = encode_events(self.tokenizer, events, self.max_length)
-            responses.append(
-                pb_utils.InferenceResponse(
-                    [
-                        pb_utils.Tensor(contract.INPUT_IDS, ids),
-                        pb_utils.Tensor(contract.ATTENTION_MASK, mask),
-                        pb_utils.Tensor(contract.FEATURES, feature_matrix(events)),
-                    ]
-                )
+        except RecordError as e:
+            return error_response(str(e), pb_utils.TritonError.INVALID_ARG)
+        except Exception:
+            pb_utils.Logger.log_error(f"preprocess failed on a request:\n{traceback.format_exc()}")
+            return error_response(
+                "preprocess failed on this request (server error, see the server log)",
+                pb_utils.TritonError.INTERNAL,
             )
-        return responses
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor(contract.INPUT_IDS, ids),
+                pb_utils.Tensor(contract.ATTENTION_MASK, mask),
+                pb_utils.Tensor(contract.FEATURES, features),
+            ]
+        )
