@@ -17,7 +17,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm.exceptions import InvalidRecordError, ServerError
+from ubm.exceptions import QUEUE_TIMEOUT_MESSAGE, InvalidRecordError, ServerError
 from ubm.records import Record, RecordError, parse_record
 
 RETRYABLE_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"})
@@ -30,7 +30,13 @@ answered through the client, so that a wrong model name still fails at once."""
 
 
 def is_retryable(error: InferenceServerException, *, model_was_served: bool) -> bool:
-    """Whether ``error`` may go away by itself: see `RETRYABLE_STATUSES`, `MODEL_GONE_STATUS`."""
+    """Whether ``error`` may go away by itself: see `RETRYABLE_STATUSES`, `MODEL_GONE_STATUS`.
+
+    A request that outwaited its timeout in a server queue is not retried: the client's own
+    timeout has passed, as with DEADLINE_EXCEEDED.
+    """
+    if QUEUE_TIMEOUT_MESSAGE in (error.message() or ""):
+        return False
     status = error.status()
     return status in RETRYABLE_STATUSES or (model_was_served and status == MODEL_GONE_STATUS)
 

@@ -7,7 +7,8 @@ The hierarchy::
     ├── TransportError              the request did not get a server answer
     │   ├── ServerUnavailableError  connection refused / UNAVAILABLE / RESOURCE_EXHAUSTED,
     │   │                           raised once the retries are used up
-    │   └── RequestTimeoutError     DEADLINE_EXCEEDED: no answer within the client timeout
+    │   └── RequestTimeoutError     DEADLINE_EXCEEDED, or a server queue's "Request timeout
+    │                               expired": no answer within the client timeout
     └── ServerError                 the server answered with an error
         ├── ModelNotReadyError      the model is unknown to the server or not loaded yet
         └── InvalidRequestError     INVALID_ARGUMENT: the server rejected the request
@@ -72,8 +73,11 @@ _ERRORS_BY_STATUS: dict[str, type[UbmError]] = {
     # Triton: "Request for unknown model: 'x' is not found" / "... has no available versions".
     "StatusCode.NOT_FOUND": ModelNotReadyError,
 }
-# Triton answers UNAVAILABLE both when it cannot be reached and while a model version loads.
+# Triton answers UNAVAILABLE when it cannot be reached, while a model version loads, and when a
+# request waited in a model's queue longer than its own timeout (which the SDK sets to the
+# client's): the last one is the client's timeout, seen by the server first.
 _MODEL_LOADING_MESSAGE = "is not at ready state"
+QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
 
 
 def from_triton_error(error: InferenceServerException) -> UbmError:
@@ -89,5 +93,7 @@ def from_triton_error(error: InferenceServerException) -> UbmError:
     message = error.message() or ""
     if _MODEL_LOADING_MESSAGE in message:
         return ModelNotReadyError(message)
+    if QUEUE_TIMEOUT_MESSAGE in message:
+        return RequestTimeoutError(message)
     mapped = _ERRORS_BY_STATUS.get(error.status())
     return mapped(message) if mapped else ServerError(str(error))

@@ -298,6 +298,11 @@ def test_score_batch_refuses_an_empty_or_oversized_batch(connect, unused_url):
             ModelNotReadyError,
         ),
         ("StatusCode.UNAVAILABLE", "'ubm' version 1 is not at ready state", ModelNotReadyError),
+        (
+            "StatusCode.UNAVAILABLE",
+            "in ensemble 'ubm', Request timeout expired",
+            RequestTimeoutError,
+        ),
         ("StatusCode.INTERNAL", "boom", ServerError),
     ],
 )
@@ -520,3 +525,11 @@ def test_a_hand_made_record_json_cannot_carry_is_an_invalid_record_error(connect
     hand_made = Record(id="h", events=(Event(ts=10**30, type="view", item="1"),))
     with connect(url) as client, pytest.raises(InvalidRecordError, match="record 0: "):
         client.score_batch([hand_made])
+
+
+def test_a_request_that_outwaited_its_timeout_in_a_server_queue_is_not_retried():
+    policy = RetryPolicy(deadline_s=10, backoff_s=0.1, max_backoff_s=1)
+    expired = InferenceServerException(
+        "in ensemble 'ubm', Request timeout expired", status="StatusCode.UNAVAILABLE"
+    )
+    assert policy.next_delay_s(expired, 0, elapsed_s=0, model_was_served=True) is None
