@@ -55,12 +55,14 @@ clean: ## remove generated files (keeps .venv)
 
 # Benchmark and load tests, each against a tritonserver it starts on free ports and stops.
 # `make loadtest LOADTEST_SHAPE=spike` runs a load shape (step_ramp, spike, soak) instead of
-# LOADTEST_USERS constant users; LOADTEST_BATCH is records per request.
+# LOADTEST_USERS constant users; LOADTEST_BATCH is records per request; LOADTEST_ARGS passes
+# more options to loadtest/run.py, e.g. the pass/fail thresholds "--max-p99-ms 250".
 SLO_MS ?= 100
 LOADTEST_USERS ?= 4
 LOADTEST_TIME ?= 30s
 LOADTEST_BATCH ?= 1
 LOADTEST_SHAPE ?=
+LOADTEST_ARGS ?=
 MODEL_READY := $(REPOSITORY)/ubm/config.pbtxt
 .PHONY: bench tune loadtest capacity bench-cli perf-analyzer-deps
 
@@ -77,7 +79,8 @@ tune: $(MODEL_READY) ## serve with each tuning variant, measure -> results/tunin
 
 loadtest: $(MODEL_READY) ## short headless Locust run -> results/loadtest/ (CSV + HTML)
 	$(BIN)/python loadtest/run.py --repository $(REPOSITORY) --batch-size $(LOADTEST_BATCH) \
-		--users $(LOADTEST_USERS) --run-time $(LOADTEST_TIME) $(if $(LOADTEST_SHAPE),--shape $(LOADTEST_SHAPE))
+		--users $(LOADTEST_USERS) --run-time $(LOADTEST_TIME) $(if $(LOADTEST_SHAPE),--shape $(LOADTEST_SHAPE)) \
+		$(LOADTEST_ARGS)
 
 capacity: $(MODEL_READY) perf-analyzer-deps ## add users until p99 > SLO_MS -> results/capacity.json, .png
 	$(BIN)/python loadtest/capacity.py --repository $(REPOSITORY) --slo-ms $(SLO_MS) \

@@ -6,20 +6,17 @@ Free ports (not UBM_*_PORT) so that a load test never collides with a server tha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ubm_build.server import Ports, TritonServer
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REPOSITORY = ROOT / "model_repository"
-DEFAULT_ONNX_DIR = ROOT / "artifacts" / "onnx"
-RUN_DIR = ROOT / ".run"
-
 
 @contextmanager
-def local_server(repository: Path, workdir: Path, log=print) -> Iterator[str]:
+def local_server(
+    repository: Path, workdir: Path, log: Callable[[str], None] = print
+) -> Iterator[str]:
     """Serve `repository` on free localhost ports; yields the gRPC address ``host:port``."""
     if not (Path(repository) / "ubm" / "config.pbtxt").is_file():
         raise SystemExit(f"{repository} holds no ubm ensemble: run `make model` first")

@@ -11,11 +11,14 @@ the web UI, headless mode, ``--csv`` and ``--html`` all see it.
     locust -f loadtest/locustfile.py --host 127.0.0.1:8001 --headless -u 4 -r 4 -t 30s
     locust -f loadtest/locustfile.py,loadtest/shape_spike.py --host 127.0.0.1:8001 --headless
 
-``make loadtest`` and ``make capacity`` start their own tritonserver and run these for you.
+When Locust quits, ``--max-fail-ratio`` and ``--max-p99-ms`` decide its exit status, so that a
+load test can fail a pipeline (see `thresholds.py`). ``make loadtest`` and ``make capacity``
+start their own tritonserver and run these for you.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,19 +26,25 @@ import grpc.experimental.gevent as grpc_gevent
 
 # Importing locust monkey-patches the process for gevent, on which Locust runs its users.
 from locust import User, constant, events, task
+from locust import log as locust_log
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
 from locust.exception import LocustError
+from locust.runners import WorkerRunner
 
 # tritonclient's gRPC client is grpcio, whose C core blocks every greenlet while one waits for
 # an answer unless it is told to cooperate with gevent: after gevent's patching, before any
 # gRPC channel exists, so at import time (as in Locust's own gRPC example).
 grpc_gevent.init_gevent()
 
-from payloads import (  # noqa: E402
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_RECORDS_FILE,
-    RecordPool,
-    read_records,
-    response_bytes,
+from defaults import DEFAULT_BATCH_SIZE, DEFAULT_RECORDS_FILE  # noqa: E402
+from payloads import RecordPool, read_records, response_bytes  # noqa: E402
+from thresholds import (  # noqa: E402
+    DEFAULT_MAX_FAIL_RATIO,
+    Thresholds,
+    fail_ratio,
+    positive_ms,
+    verdict,
 )
 
 from ubm import UbmClient  # noqa: E402
@@ -47,7 +56,7 @@ _records_cache: dict[Path, list] = {}
 
 
 @events.init_command_line_parser.add_listener
-def add_arguments(parser) -> None:
+def add_arguments(parser: LocustArgumentParser) -> None:
     group = parser.add_argument_group("ubm", "Options of the ubm locustfile")
     group.add_argument(
         "--batch-size",
@@ -72,6 +81,42 @@ def add_arguments(parser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="seconds each request may take",
     )
+    group.add_argument(
+        "--max-fail-ratio",
+        type=fail_ratio,
+        default=DEFAULT_MAX_FAIL_RATIO,
+        help="exit 1 when a larger share of requests failed (0 to 1; default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-p99-ms",
+        type=positive_ms,
+        default=None,
+        help="exit 1 when the p99 latency over all requests is higher (default: no limit)",
+    )
+
+
+@events.quitting.add_listener
+def apply_thresholds(environment: Environment, **_kwargs: object) -> None:
+    """Set Locust's exit code from ``--max-fail-ratio`` and ``--max-p99-ms`` (see thresholds.py).
+
+    Skipped without a command line (Locust run from Python, as in `capacity.py`) and on a
+    worker, whose master judges the totals.
+    """
+    options, runner = environment.parsed_options, environment.runner
+    if options is None or runner is None or isinstance(runner, WorkerRunner):
+        return
+    total = runner.stats.total
+    exit_code, reasons = verdict(
+        Thresholds(options.max_fail_ratio, options.max_p99_ms),
+        total.num_requests,
+        total.num_failures,
+        total.get_response_time_percentile(0.99) if total.num_requests else None,
+        user_code_raised=bool(runner.exceptions) or locust_log.unhandled_greenlet_exception,
+    )
+    for reason in reasons:
+        logging.error("load test failed: %s", reason)
+    if exit_code is not None:
+        environment.process_exit_code = exit_code
 
 
 def records_from(path: Path) -> list:

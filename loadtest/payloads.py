@@ -13,12 +13,6 @@ from pathlib import Path
 from ubm import contract
 from ubm.records import Record, parse_record_json
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECORDS_FILE = ROOT / "examples" / "sessions.jsonl"
-"""300 real test-day sessions (one JSON record a line), the same file `make demo` scores."""
-DEFAULT_BATCH_SIZE = 1
-"""Records per request: one user scored per call, as an online service would."""
-
 
 def read_records(path: Path) -> list[Record]:
     """Parse and validate every non-blank line of a JSONL file of records.

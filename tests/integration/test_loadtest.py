@@ -23,7 +23,8 @@ import gevent
 
 sys.path.insert(0, sys.argv[2])
 import locustfile  # calls grpc's init_gevent
-from payloads import DEFAULT_RECORDS_FILE, read_records
+from defaults import DEFAULT_RECORDS_FILE
+from payloads import read_records
 
 from ubm import UbmClient
 
@@ -78,6 +79,16 @@ def test_headless_run_reports_every_request(triton, tmp_path):
     assert float(request["Average Content Size"]) == 4 * 4  # 4 probabilities, FP32
     assert (out / "ubm_stats_history.csv").is_file()
     assert "score_batch[4]" in (out / "report.html").read_text()
+
+
+def test_a_run_over_its_p99_threshold_exits_1(triton, tmp_path):
+    done = run(
+        str(LOADTEST / "run.py"),
+        *("--url", triton.grpc_url, "--users", "1", "--run-time", "2s"),
+        *("--max-p99-ms", "0.001", "--out", str(tmp_path)),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "over --max-p99-ms 0.001" in done.stderr
 
 
 def test_capacity_ramp_writes_json_and_plot(triton, tmp_path):
