@@ -8,8 +8,8 @@ Rows, all on the same test-day sessions:
    on the first ``--seeds-records`` records (it is slow; its rate does not depend on how many).
 2. ``pytorch``: our trained model (`BehaviourModel.load`), PyTorch eager, batched.
 3. ``ort_<variant>``: our exported encoder + head in ONNX Runtime in this process, batched, for
-   the fp32 and int8 encoders (and the served variant, if it is another one). The encoder runs
-   in slices of as many records as the served encoder does (its ``rows_per_run``).
+   the fp32 and int8-static encoders (and the served variant, if it is another one). The
+   encoder runs in slices of as many records as the served encoder does (its ``rows_per_run``).
 4. ``served_c<N>``: the `ubm` ensemble in a local tritonserver, through `ubm.UbmClient`, with N
    threads each sending one batch at a time on its own client.
 5. ``ort_<variant>_single`` and ``served_c1_single``: one record per call, for the latency
@@ -69,7 +69,7 @@ DEFAULT_ROUNDS = 3
 SEEDS_VOCAB_SIZE = 28996
 """bert-base-cased's vocabulary. Our tokenizer's ids are folded into it (id mod 28,996): the
 weights are random, so only the amount of work matters, and that is the same."""
-IN_PROCESS_VARIANTS = ("fp32", "int8")
+IN_PROCESS_VARIANTS = ("fp32", "int8-static")
 REQUEST_TIMEOUT_S = 600.0
 
 Log = Callable[[str], None]

@@ -88,7 +88,7 @@ int8_option = click.option(
     "--max-int8-auc-loss",
     default=export.DEFAULT_MAX_INT8_AUC_LOSS,
     show_default=True,
-    help="Largest tolerated test-window ROC-AUC loss of the int8 variant.",
+    help="Largest tolerated test-window ROC-AUC loss of the int8-static variant.",
 )
 
 
@@ -168,7 +168,8 @@ def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) ->
 def export_command(
     model_dir: Path, onnx_dir: Path, csv: Path, atol: float, max_int8_auc_loss: float
 ) -> None:
-    """Export to ONNX (fp32, ort-optimized, int8); fail if fp32 or int8 fails its check."""
+    """Export to ONNX (fp32, ort-optimized, int8-static, int8-dynamic); fail if fp32 or
+    int8-static fails its check."""
     try:
         pipeline.export_step(
             model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
@@ -193,15 +194,18 @@ def repository_command(
     **tuning: int,
 ) -> None:
     """Write the Triton model repository from the exported model."""
-    pipeline.repository_step(
-        model_dir,
-        onnx_dir,
-        repository_dir,
-        repository.Target(target),
-        _echo,
-        variant,
-        repository.Tuning(**tuning),
-    )
+    try:
+        pipeline.repository_step(
+            model_dir,
+            onnx_dir,
+            repository_dir,
+            repository.Target(target),
+            _echo,
+            variant,
+            repository.Tuning(**tuning),
+        )
+    except export.ParityError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command("report")

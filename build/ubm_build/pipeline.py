@@ -9,6 +9,7 @@ report      -> reports/<profile>/model_card.md, card.json, reliability.png
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,18 +58,28 @@ def export_step(
     atol: float = export.DEFAULT_ATOL,
     max_int8_auc_loss: float = export.DEFAULT_MAX_INT8_AUC_LOSS,
 ) -> list[export.VariantReport]:
-    """Export, derive every encoder variant and check each on the whole test window."""
+    """Export, derive every encoder variant and check each on the whole test window.
+
+    int8-static is calibrated on `export.CALIBRATION_RECORDS` random train-window records.
+    """
     model = BehaviourModel.load(model_dir)
     tokenizer = load_tokenizer(model_dir)
     head = export.export_head(model, onnx_dir / "head.onnx")
     fp32 = export.export_encoder(model, onnx_dir / "encoder.onnx")
-    test = load_examples(csv)["test"]
+    examples = load_examples(csv)
+    test = examples["test"]
     inputs, labels = train.inputs_of(test), train.labels_of(test)
     reference = np.load(model_dir / PREDICTIONS)["test_probabilities"]
+    picked = random.Random(0).sample(
+        examples["train"], min(export.CALIBRATION_RECORDS, len(examples["train"]))
+    )
+    calibration = export.TokenCalibration(
+        tokenizer, train.inputs_of(picked).texts, model.spec.max_length
+    )
     reports = []
     for variant in export.Variant:
         encoder = export.derive_variant(
-            variant, fp32, model, onnx_dir / f"encoder-{variant.value}.onnx"
+            variant, fp32, model, onnx_dir / f"encoder-{variant.value}.onnx", calibration
         )
         report = export.check_variant(
             variant,
@@ -86,7 +97,9 @@ def export_step(
             f"{variant.value:>13}: max |p - PyTorch| {report.probability_max_abs_diff:.2e},"
             f" ROC-AUC {report.roc_auc:.4f} ({report.roc_auc_delta:+.4f}),"
             f" {report.records_per_s:.0f} records/s in-process,"
+            f" alone vs in a batch {report.batch_max_abs_diff:.1e} (<= {report.batch_bound:g}),"
             f" {'passed' if report.passed else 'FAILED'}"
+            + ("" if variant.servable else " (comparison only, never served)")
         )
         reports.append(report)
     (onnx_dir / VARIANTS).write_text(json.dumps([r.to_dict() for r in reports], indent=2))
@@ -107,13 +120,21 @@ def repository_step(
     variant: str | None = None,
     tuning: repository.Tuning | None = None,
 ) -> str:
-    """Write the repository with `variant`, by default the fastest one that passed."""
+    """Write the repository with `variant`, by default the fastest one that passed.
+
+    A variant whose scores depend on their batch beyond its bound is never written.
+    """
     reports = load_variants(onnx_dir)
     chosen = (
         export.fastest_passing(reports)
         if variant is None
         else next(r for r in reports if r.variant == variant)
     )
+    if not chosen.batch_invariant:
+        raise export.ParityError(
+            f"{chosen.variant} encoder is not served: a record's score depends on its batch"
+            f" (alone vs in a batch: {chosen.batch_max_abs_diff}, at most {chosen.batch_bound})"
+        )
     model = BehaviourModel.load(model_dir)
     spec = repository.RepositorySpec(
         max_length=model.spec.max_length,

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ubm_build import bench, export, tune
+from ubm_build.behaviour_text import behaviour_text
 from ubm_build.repository import Tuning, served_variant
 
 pytestmark = pytest.mark.integration
@@ -33,14 +34,22 @@ ROW_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tiny_model, tiny_onnx, tmp_path_factory):
+def onnx_dir(tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory):
     """The layout `ubm-build export` writes: encoder-<variant>.onnx and head.onnx."""
     model, _ = tiny_model
     encoder, head = tiny_onnx
     directory = tmp_path_factory.mktemp("bench_onnx")
     shutil.copy2(encoder, directory / "encoder-fp32.onnx")
     shutil.copy2(head, directory / "head.onnx")
-    export.derive_variant(export.Variant.INT8, encoder, model, directory / "encoder-int8.onnx")
+    texts = [behaviour_text(ex.events) for ex in examples["train"][:32]]
+    calibration = export.TokenCalibration(tokenizer, texts, model.spec.max_length)
+    export.derive_variant(
+        export.Variant.INT8_STATIC,
+        encoder,
+        model,
+        directory / "encoder-int8-static.onnx",
+        calibration,
+    )
     return directory
 
 
@@ -67,7 +76,7 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert names == [
         "seeds_way",
         "pytorch",
-        "ort_int8",
+        "ort_int8_static",
         # the served variant's rows, measured in rounds:
         "ort_fp32",
         "ort_fp32_single",
@@ -84,11 +93,15 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert all(rows[name]["records"] == 2 for name in names if name.endswith("_single"))
     assert all(rows[name]["records"] == 6 for name in names[1:] if "single" not in name)
     assert rows["served_c16"]["records_per_call"] == 3
-    assert "2 records per run" in rows["ort_int8"]["description"]
+    assert "2 records per run" in rows["ort_int8_static"]["description"]
 
     for name in names:
         rounds = rows[name]["round_records_per_s"]
-        assert rounds is None if name in ("seeds_way", "pytorch", "ort_int8") else len(rounds) == 2
+        assert (
+            rounds is None
+            if name in ("seeds_way", "pytorch", "ort_int8_static")
+            else len(rounds) == 2
+        )
         split = rows[name]["server"]
         if not name.startswith("served"):
             assert split is None

@@ -1,32 +1,74 @@
-"""ONNX export: every encoder variant is checked against PyTorch on real test-window records."""
+"""ONNX export: every encoder variant is checked against PyTorch on real test-window records,
+and against itself: a record must score the same alone and in any batch."""
 
+import json
+import random
+
+import numpy as np
+import onnx
 import pytest
 
-from ubm_build import export
+from ubm import contract
+from ubm_build import export, pipeline, repository
+from ubm_build.behaviour_text import tokenize
 from ubm_build.train import inputs_of, labels_of, predict
+
+CALIBRATION_RECORDS = 32
+BATCH_CHECK_RECORDS = 96
 
 
 @pytest.fixture(scope="module")
-def reports(tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory):
+def calibration(tokenizer, tiny_model, examples) -> export.TokenCalibration:
+    """Train-window records only: the variants are judged on the test window."""
     model, _ = tiny_model
-    encoder_fp32, head = tiny_onnx
+    picked = random.Random(0).sample(examples["train"], CALIBRATION_RECORDS)
+    return export.TokenCalibration(tokenizer, inputs_of(picked).texts, model.spec.max_length)
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_model, tiny_onnx, calibration, tmp_path_factory):
+    model, _ = tiny_model
+    encoder_fp32, _ = tiny_onnx
+    out = tmp_path_factory.mktemp("variants")
+    return {
+        variant: export.derive_variant(
+            variant, encoder_fp32, model, out / f"encoder-{variant.value}.onnx", calibration
+        )
+        for variant in export.Variant
+    }
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_model, tiny_onnx, encoders, tokenizer, examples):
+    model, _ = tiny_model
+    _, head = tiny_onnx
     sample = examples["test"][:300]
     inputs, labels = inputs_of(sample), labels_of(sample)
     reference = predict(model, tokenizer, inputs)
-    out = tmp_path_factory.mktemp("variants")
     return {
         variant: export.check_variant(
             variant,
-            export.derive_variant(variant, encoder_fp32, model, out / f"{variant.value}.onnx"),
+            encoder,
             head,
             tokenizer,
             inputs,
             labels,
             reference,
             max_length=model.spec.max_length,
+            batch_records=BATCH_CHECK_RECORDS,
         )
-        for variant in export.Variant
+        for variant, encoder in encoders.items()
     }
+
+
+def test_calibration_runs_each_record_alone_without_padding(calibration):
+    calibration.rewind()
+    feeds = list(iter(calibration.get_next, None))
+    assert len(feeds) == len(calibration) == CALIBRATION_RECORDS
+    assert all(feed[contract.ATTENTION_MASK].all() for feed in feeds)
+    assert len({feed[contract.INPUT_IDS].shape for feed in feeds}) > 1
+    calibration.rewind()
+    assert calibration.get_next() is not None
 
 
 @pytest.mark.parametrize("variant", [export.Variant.FP32, export.Variant.ORT_OPTIMIZED])
@@ -37,10 +79,71 @@ def test_fp32_variants_match_pytorch(reports, variant):
     assert report.roc_auc_delta == pytest.approx(0.0, abs=1e-3)
 
 
-def test_int8_is_judged_by_its_roc_auc_loss(reports):
-    report = reports[export.Variant.INT8]
-    assert report.probability_max_abs_diff > 0
+@pytest.mark.parametrize("variant", [export.Variant.FP32, export.Variant.ORT_OPTIMIZED])
+def test_fp32_variants_score_a_record_the_same_in_any_batch(reports, variant):
+    report = reports[variant]
+    assert report.batch_bound == export.FP32_BATCH_BOUND == 1e-6
+    assert report.batch_max_abs_diff <= export.FP32_BATCH_BOUND
+    assert report.batch_invariant
+
+
+def test_static_int8_scores_a_record_the_same_in_any_batch(reports):
+    report = reports[export.Variant.INT8_STATIC]
+    assert report.probability_max_abs_diff > 0  # it is quantised
+    assert report.batch_bound == export.INT8_BATCH_BOUND
+    assert report.batch_max_abs_diff <= export.INT8_BATCH_BOUND
     assert report.passed == (report.roc_auc_delta >= -export.DEFAULT_MAX_INT8_AUC_LOSS)
+
+
+def test_dynamic_int8_depends_on_its_batch_and_is_never_served(reports):
+    """Its activation scales come from the whole run tensor: the defect static int8 fixes."""
+    report = reports[export.Variant.INT8_DYNAMIC]
+    assert report.batch_max_abs_diff > export.INT8_BATCH_BOUND
+    assert report.batch_max_abs_diff > 20 * reports[export.Variant.INT8_STATIC].batch_max_abs_diff
+    assert not report.batch_invariant and not report.passed
+    fastest = export.VariantReport(**{**report.to_dict(), "records_per_s": 1e9, "passed": True})
+    others = [r for v, r in reports.items() if v is not export.Variant.INT8_DYNAMIC]
+    assert export.fastest_passing([*others, fastest]).variant != fastest.variant
+
+
+def test_the_served_default_is_batch_independent(reports):
+    """Before static int8, the fastest passing variant was dynamic int8, batch-dependent."""
+    served = export.fastest_passing(list(reports.values()))
+    assert served.batch_max_abs_diff <= served.batch_bound
+    assert served.variant != export.Variant.INT8_DYNAMIC.value
+
+
+def test_static_int8_runs_the_weight_matmuls_in_int8_with_their_bias(tiny_onnx, encoders):
+    fp32 = onnx.load(tiny_onnx[0])
+    static = onnx.load(encoders[export.Variant.INT8_STATIC])
+    weight_matmuls = export._weight_matmuls(fp32)
+    ops = [node.op_type for node in static.graph.node]
+    assert weight_matmuls and ops.count("MatMulIntegerToFloat") == len(weight_matmuls)
+    assert export._weight_matmuls(static) == []  # every one quantised and its bias folded in
+    attention = [n for n in fp32.graph.node if n.op_type == "MatMul"]
+    attention = [n for n in attention if n.name not in weight_matmuls]
+    assert attention and ops.count("MatMul") == len(attention)  # they stay fp32
+    assert "DequantizeLinear" not in ops  # nothing else reads an activation rounded to 8 bits
+
+
+def test_fusing_keeps_the_int8_arithmetic_and_the_fp32_residual(
+    tiny_model, tiny_onnx, calibration, tokenizer, examples, tmp_path
+):
+    """The fused graph is the QDQ graph minus the 8-bit rounding of the residual path."""
+    model, _ = tiny_model
+    fp32, _ = tiny_onnx
+    fused = export.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
+    qdq = export.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
+    assert "MatMulIntegerToFloat" not in {n.op_type for n in onnx.load(qdq).graph.node}
+    texts = inputs_of(examples["test"][:64]).texts
+    ids, mask = tokenize(tokenizer, texts, model.spec.max_length)
+    feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
+    exact, fused_out, qdq_out = (
+        export.session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)
+    )
+    fused_error, qdq_error = np.abs(fused_out - exact).mean(), np.abs(qdq_out - exact).mean()
+    assert 0 < fused_error <= qdq_error
+    np.testing.assert_allclose(fused_out, qdq_out, rtol=0, atol=10 * qdq_error)
 
 
 def test_a_failing_fp32_export_fails_the_build(reports):
@@ -55,16 +158,58 @@ def test_a_failing_fp32_export_fails_the_build(reports):
         export.require_passing([broken], export.DEFAULT_ATOL, export.DEFAULT_MAX_INT8_AUC_LOSS)
 
 
-def test_optimized_variant_may_fail_without_failing_the_build(reports):
-    failed = export.VariantReport(
-        **{**reports[export.Variant.ORT_OPTIMIZED].to_dict(), "passed": False}
+def test_a_batch_dependent_static_int8_fails_the_build(reports):
+    broken = export.VariantReport(
+        **{
+            **reports[export.Variant.INT8_STATIC].to_dict(),
+            "batch_max_abs_diff": 1e-3,
+            "passed": False,
+        }
     )
+    with pytest.raises(export.ParityError, match=r"int8-static encoder fails.*batch dependence"):
+        export.require_passing([broken], export.DEFAULT_ATOL, export.DEFAULT_MAX_INT8_AUC_LOSS)
+
+
+@pytest.mark.parametrize("variant", [export.Variant.ORT_OPTIMIZED, export.Variant.INT8_DYNAMIC])
+def test_optional_variants_may_fail_without_failing_the_build(reports, variant):
+    failed = export.VariantReport(**{**reports[variant].to_dict(), "passed": False})
     export.require_passing([failed], export.DEFAULT_ATOL, export.DEFAULT_MAX_INT8_AUC_LOSS)
 
 
 def test_the_fastest_passing_variant_is_served(reports):
+    rates = {"fp32": 10, "ort-optimized": 30, "int8-static": 50, "int8-dynamic": 70}
+    passed = {"fp32": True, "ort-optimized": True, "int8-static": False, "int8-dynamic": True}
     candidates = [
-        export.VariantReport(**{**r.to_dict(), "records_per_s": rate, "passed": passed})
-        for r, rate, passed in zip(reports.values(), (10, 30, 50), (True, True, False), strict=True)
+        export.VariantReport(
+            **{**r.to_dict(), "records_per_s": rates[r.variant], "passed": passed[r.variant]}
+        )
+        for r in reports.values()
     ]
     assert export.fastest_passing(candidates).variant == export.Variant.ORT_OPTIMIZED.value
+
+
+def test_variants_without_a_batch_figure_are_not_served(reports):
+    """A variants.json written before the batch check: export again."""
+    old = [
+        export.VariantReport(**{k: v for k, v in r.to_dict().items() if not k.startswith("batch_")})
+        for r in reports.values()
+    ]
+    with pytest.raises(export.ParityError, match="export"):
+        export.fastest_passing(old)
+
+
+def test_the_repository_step_refuses_a_batch_dependent_variant(reports, tiny_model, tmp_path):
+    _, model_dir = tiny_model
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / pipeline.VARIANTS).write_text(json.dumps([r.to_dict() for r in reports.values()]))
+    with pytest.raises(export.ParityError, match="int8-dynamic encoder is not served"):
+        pipeline.repository_step(
+            model_dir,
+            onnx_dir,
+            tmp_path / "repository",
+            repository.Target.CPU_PYTHON,
+            lambda _: None,
+            variant=export.Variant.INT8_DYNAMIC.value,
+        )
+    assert not (tmp_path / "repository").exists()
