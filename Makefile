@@ -75,7 +75,7 @@ bench: $(MODEL_READY) ## seeds' way vs PyTorch vs ONNX Runtime vs served -> resu
 	$(BIN)/python -m ubm_build.bench --repository $(REPOSITORY)
 
 tune: $(MODEL_READY) ## serve with each tuning variant, measure -> results/tuning.json
-	$(BIN)/python -m ubm_build.tune --repository $(REPOSITORY)
+	$(BIN)/python -m ubm_build.bench.tune --repository $(REPOSITORY)
 
 loadtest: $(MODEL_READY) ## short headless Locust run -> results/loadtest/ (CSV + HTML)
 	$(BIN)/python loadtest/run.py --repository $(REPOSITORY) --batch-size $(LOADTEST_BATCH) \
@@ -91,7 +91,7 @@ capacity: $(MODEL_READY) perf-analyzer-deps ## add users until p99 > SLO_MS -> r
 # not run it.
 BENCH_CLI_ARGS ?=
 bench-cli: $(MODEL_READY) perf-analyzer-deps ## ubm-client score vs perf_analyzer records/s
-	$(BIN)/python -m ubm_build.bench_cli --repository $(REPOSITORY) $(BENCH_CLI_ARGS)
+	$(BIN)/python -m ubm_build.bench.cli_vs_perf_analyzer --repository $(REPOSITORY) $(BENCH_CLI_ARGS)
 
 # perf_analyzer needs Debian's libb64-0d (installed with apt where we may) and libcudart.so.12
 # from nvidia-cuda-runtime-cu12 (requirements-dev.txt). Where they cannot be installed,

@@ -33,7 +33,7 @@ from capacity_settings import CapacitySettings
 from capacity_steps import Step, best_step, describe_capacity
 from defaults import RUN_DIR
 
-# Before gRPC loads: perf_analyzer starts with channels open (see ubm_build.perf_analyzer).
+# Before gRPC loads: perf_analyzer starts with channels open (see ubm_build.bench.perf_analyzer).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 JSON_NAME = "capacity.json"
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     import locust  # noqa: F401
     from local_server import local_server
 
-    from ubm_build.repository import served_variant
+    from ubm_build.serving.repository import served_variant
 
     if settings.url:
         steps, reason, cross_check = measure_capacity(settings.url, settings)

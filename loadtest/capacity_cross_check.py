@@ -26,7 +26,7 @@ def perf_analyzer_check(
     Its measurement windows are half a step long. Where it cannot run or fails, the entry says
     why (``skipped`` or ``failed``) and the capacity result stands.
     """
-    from ubm_build import perf_analyzer
+    from ubm_build.bench import perf_analyzer
 
     problem = perf_analyzer.problem()
     if problem:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ubm_build.server import Ports, TritonServer
+from ubm_build.serving.server import Ports, TritonServer
 
 
 @contextmanager

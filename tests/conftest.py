@@ -13,14 +13,15 @@ import pytest
 
 from ubm import AsyncUbmClient, UbmClient
 from ubm._base import Score
-from ubm_build import data, export, repository, server
-from ubm_build.model import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
-from ubm_build.train import inputs_of
+from ubm_build import data, export
+from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
+from ubm_build.model.train import inputs_of
+from ubm_build.serving import repository, server
 
 MAX_LENGTH = 64
 
 # Tests start subprocesses (perf_analyzer, the CLI) with gRPC channels open; see
-# ubm_build.perf_analyzer for why gRPC's fork support must be off for that.
+# ubm_build.bench.perf_analyzer for why gRPC's fork support must be off for that.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 

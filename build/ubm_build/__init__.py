@@ -1,0 +1,17 @@
+"""ubm-build: from Taobao events to a served Triton ensemble, in layers.
+
+Each package may import only from the packages above it in this list (and from the SDK, `ubm`):
+
+    paths      where the project's files are
+    inputs     record -> model inputs (behaviour text, session features), copied into Triton
+    data       Taobao UserBehavior CSV -> labelled session examples, split by time
+    model      the network, training, calibration, baselines, quality, the model card
+    export     ONNX graphs, their variants (fp32, int8), parity and batch-dependence checks
+    serving    the Triton model repository, its python-backend models, the local tritonserver
+    bench      measurements: in process and served, tuning, perf_analyzer, capacity helpers
+    steps      the build steps that `ubm-build` runs, each reading and writing files
+    cli        the `ubm-build` command
+
+Only the command modules (`cli`, and the `python -m` entry points in `bench`) raise click
+exceptions; library functions raise their own errors.
+"""

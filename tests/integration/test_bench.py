@@ -12,9 +12,11 @@ from dataclasses import asdict
 import pytest
 from click.testing import CliRunner
 
-from ubm_build import bench, export, tune
-from ubm_build.behaviour_text import behaviour_text
-from ubm_build.repository import Tuning, served_variant
+from ubm_build import export
+from ubm_build.bench import benchmark as bench
+from ubm_build.bench import tune
+from ubm_build.inputs.behaviour_text import behaviour_text
+from ubm_build.serving.repository import Tuning, served_variant
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""`python -m ubm_build.bench_cli` on the tiny repository: both clients run, and the JSON's shape.
+"""`python -m ubm_build.bench.cli_vs_perf_analyzer` on the tiny repository: both clients run,
+and the JSON's shape.
 
 No timing is asserted: the tiny model on a shared machine says nothing about speed.
 """
@@ -10,7 +11,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ubm_build import bench_cli, perf_analyzer
+from ubm_build.bench import cli_vs_perf_analyzer as bench_cli
+from ubm_build.bench import perf_analyzer
 
 pytestmark = pytest.mark.integration
 

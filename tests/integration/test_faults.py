@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from ubm import UbmClient, parse_record
 from ubm.cli import main
 from ubm.records import MAX_EVENTS
-from ubm_build import server
+from ubm_build.serving import server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm_build.triton_models import onnx_model
+from ubm_build.serving.triton_models import onnx_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

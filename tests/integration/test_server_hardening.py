@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from ubm_build import server
+from ubm_build.serving import server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm_build.train import inputs_of, predict
+from ubm_build.model.train import inputs_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_served_roc_auc_equals_in_process(triton, tiny_model, tokenizer, example
     """The model card's promise holds through Triton: same ROC-AUC on the test window."""
     from sklearn.metrics import roc_auc_score
 
-    from ubm_build.train import labels_of
+    from ubm_build.model.train import labels_of
 
     model, _ = tiny_model
     test = examples["test"]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from ubm.records import Event
-from ubm_build.baselines import POPULARITY_NAMES, Popularity, design_matrix, run_baselines
 from ubm_build.data import Example
-from ubm_build.features import FEATURE_NAMES
-from ubm_build.quality import evaluate
+from ubm_build.inputs.features import FEATURE_NAMES
+from ubm_build.model.baselines import POPULARITY_NAMES, Popularity, design_matrix, run_baselines
+from ubm_build.model.quality import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ubm.records import Event
-from ubm_build.behaviour_text import (
+from ubm_build.inputs.behaviour_text import (
     PAD_MULTIPLE,
     SESSION_GAP_S,
     behaviour_text,

@@ -2,7 +2,7 @@
 
 from ubm.records import Event
 from ubm_build import data
-from ubm_build.behaviour_text import SESSION_GAP_S
+from ubm_build.inputs.behaviour_text import SESSION_GAP_S
 
 
 def test_counts_match_the_published_data(examples):

@@ -9,9 +9,11 @@ import onnx
 import pytest
 
 from ubm import contract
-from ubm_build import export, pipeline, repository
-from ubm_build.behaviour_text import tokenize
-from ubm_build.train import inputs_of, labels_of, predict
+from ubm_build import export, steps
+from ubm_build.export import int8
+from ubm_build.inputs.behaviour_text import tokenize
+from ubm_build.model.train import inputs_of, labels_of, predict
+from ubm_build.serving import repository
 
 CALIBRATION_RECORDS = 32
 BATCH_CHECK_RECORDS = 96
@@ -116,10 +118,10 @@ def test_the_served_default_is_batch_independent(reports):
 def test_static_int8_runs_the_weight_matmuls_in_int8_with_their_bias(tiny_onnx, encoders):
     fp32 = onnx.load(tiny_onnx[0])
     static = onnx.load(encoders[export.Variant.INT8_STATIC])
-    weight_matmuls = export._weight_matmuls(fp32)
+    weight_matmuls = int8.weight_matmuls(fp32)
     ops = [node.op_type for node in static.graph.node]
     assert weight_matmuls and ops.count("MatMulIntegerToFloat") == len(weight_matmuls)
-    assert export._weight_matmuls(static) == []  # every one quantised and its bias folded in
+    assert int8.weight_matmuls(static) == []  # every one quantised and its bias folded in
     attention = [n for n in fp32.graph.node if n.op_type == "MatMul"]
     attention = [n for n in attention if n.name not in weight_matmuls]
     assert attention and ops.count("MatMul") == len(attention)  # they stay fp32
@@ -132,14 +134,14 @@ def test_fusing_keeps_the_int8_arithmetic_and_the_fp32_residual(
     """The fused graph is the QDQ graph minus the 8-bit rounding of the residual path."""
     model, _ = tiny_model
     fp32, _ = tiny_onnx
-    fused = export.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
-    qdq = export.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
+    fused = int8.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
+    qdq = int8.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
     assert "MatMulIntegerToFloat" not in {n.op_type for n in onnx.load(qdq).graph.node}
     texts = inputs_of(examples["test"][:64]).texts
     ids, mask = tokenize(tokenizer, texts, model.spec.max_length)
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
     exact, fused_out, qdq_out = (
-        export.session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)
+        export.ort_session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)
     )
     fused_error, qdq_error = np.abs(fused_out - exact).mean(), np.abs(qdq_out - exact).mean()
     assert 0 < fused_error <= qdq_error
@@ -202,9 +204,9 @@ def test_the_repository_step_refuses_a_batch_dependent_variant(reports, tiny_mod
     _, model_dir = tiny_model
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
-    (onnx_dir / pipeline.VARIANTS).write_text(json.dumps([r.to_dict() for r in reports.values()]))
+    (onnx_dir / steps.VARIANTS).write_text(json.dumps([r.to_dict() for r in reports.values()]))
     with pytest.raises(export.ParityError, match="int8-dynamic encoder is not served"):
-        pipeline.repository_step(
+        steps.repository_step(
             model_dir,
             onnx_dir,
             tmp_path / "repository",

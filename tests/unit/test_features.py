@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ubm.records import Event
-from ubm_build import behaviour_text, features
-from ubm_build.behaviour_text import SESSION_GAP_S
-from ubm_build.features import CHINA, FEATURE_NAMES, feature_matrix, session_features
+from ubm_build.inputs import behaviour_text, features
+from ubm_build.inputs.behaviour_text import SESSION_GAP_S
+from ubm_build.inputs.features import CHINA, FEATURE_NAMES, feature_matrix, session_features
 
 # Saturday 2017-12-02, 10:00 China time.
 T0 = int(datetime(2017, 12, 2, 10, tzinfo=CHINA).timestamp())

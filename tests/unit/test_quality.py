@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ubm_build.quality import (
+from ubm_build.model.quality import (
     evaluate,
     expected_calibration_error,
     reliability_plot,

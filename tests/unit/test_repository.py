@@ -9,10 +9,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
-from ubm_build import behaviour_text, export, features, repository
-from ubm_build.behaviour_text import encode_events
-from ubm_build.triton_models import onnx_model
-from ubm_build.triton_models.onnx_model import run_in_slices
+from ubm_build import export
+from ubm_build.inputs import behaviour_text, features
+from ubm_build.inputs.behaviour_text import encode_events
+from ubm_build.serving import repository
+from ubm_build.serving.triton_models import onnx_model
+from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 VOCAB_SIZE = 30522
@@ -122,7 +124,7 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path, tiny_mode
 
 
 def test_running_in_slices_gives_the_same_outputs(tiny_onnx, tokenizer, examples):
-    session = export.session(tiny_onnx[0])
+    session = export.ort_session(tiny_onnx[0])
     ids, mask = encode_events(tokenizer, [ex.events for ex in examples["test"][:13]], 64)
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
     whole = session.run([contract.EMBEDDING], feeds)[0]

@@ -1,4 +1,4 @@
-"""ubm_build.server without a tritonserver: command line, admin token, shared-memory regions."""
+"""`ubm_build.serving.server` without tritonserver: command line, admin token, shared memory."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ubm_build import cli, server
+from ubm_build import cli
+from ubm_build.serving import server
 
 PORTS = server.Ports(grpc=18001, http=18000, metrics=18002)
 OPEN_APIS = ("health", "metadata", "inference", "model-config", "statistics")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ubm_build import triton_metrics
+from ubm_build.serving import triton_metrics
 
 BEFORE = """\
 # HELP nv_inference_request_success Number of successful inference requests

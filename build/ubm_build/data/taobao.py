@@ -23,10 +23,8 @@ from pathlib import Path
 import orjson
 
 from ubm.records import Event
-from ubm_build.behaviour_text import SESSION_GAP_S
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CSV = PROJECT_ROOT / "data" / "taobao_userbehavior" / "UserBehavior.csv"
+from ubm_build.inputs.behaviour_text import SESSION_GAP_S
+from ubm_build.paths import DEFAULT_CSV
 
 CHINA = timezone(timedelta(hours=8))
 DATA_START = int(datetime(2017, 11, 25, tzinfo=CHINA).timestamp())

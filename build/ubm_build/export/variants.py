@@ -20,35 +20,28 @@ variant whose batch dependence exceeds its bound (`FP32_BATCH_BOUND`, `INT8_BATC
 from __future__ import annotations
 
 import enum
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 from sklearn.metrics import roc_auc_score
 
 from ubm import contract
-from ubm_build.behaviour_text import tokenize
-from ubm_build.model import BehaviourModel
-from ubm_build.train import Inputs
+from ubm_build.export.graphs import ort_session
+from ubm_build.export.int8 import (
+    TokenCalibration,
+    quantize_int8_static,
+    without_preprocessing_advice,
+)
+from ubm_build.inputs.behaviour_text import tokenize
+from ubm_build.model.network import BehaviourModel
+from ubm_build.model.train import Inputs
 
-OPSET = 17
 DEFAULT_ATOL = 1e-4
 """Largest tolerated |probability - PyTorch's| for the fp32 variants."""
 DEFAULT_MAX_INT8_AUC_LOSS = 0.005
@@ -97,236 +90,6 @@ class ParityError(AssertionError):
     """An exported model disagrees with PyTorch, or with itself across batches, beyond bounds."""
 
 
-def _onnx_export(module: torch.nn.Module, args: tuple, path: Path, **kwargs) -> None:
-    # The TorchScript exporter handles BERT's dynamic axes reliably; its tracer and deprecation
-    # warnings are about code paths the parity check covers instead.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=UserWarning)
-        torch.onnx.export(module.eval(), args, path, opset_version=OPSET, dynamo=False, **kwargs)
-
-
-def export_encoder(model: BehaviourModel, path: Path) -> Path:
-    """ONNX graph (input_ids, attention_mask) -> embedding, dynamic batch and sequence axes."""
-    ids = torch.ones((2, 16), dtype=torch.int64)
-    mask = torch.ones((2, 16), dtype=torch.int64)
-    mask[1, 8:] = 0
-    tokens = {0: "batch", 1: "sequence"}
-    _onnx_export(
-        model.encoder,
-        (ids, mask),
-        path,
-        input_names=[contract.INPUT_IDS, contract.ATTENTION_MASK],
-        output_names=[contract.EMBEDDING],
-        dynamic_axes={
-            contract.INPUT_IDS: tokens,
-            contract.ATTENTION_MASK: tokens,
-            contract.EMBEDDING: {0: "batch"},
-        },
-    )
-    return path
-
-
-class _ServedHead(torch.nn.Module):
-    """The head plus a copy of its input embedding, which the ensemble returns."""
-
-    def __init__(self, head: torch.nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, embedding: torch.Tensor, features: torch.Tensor):
-        return self.head(embedding, features), embedding.clone()
-
-
-def export_head(model: BehaviourModel, path: Path) -> Path:
-    """ONNX graph (embedding, features) -> (purchase_probability [batch, 1], embedding copy)."""
-    embedding = torch.zeros((2, model.spec.hidden_size))
-    features = torch.zeros((2, len(model.spec.feature_names)))
-    batch = {0: "batch"}
-    _onnx_export(
-        _ServedHead(model.head),
-        (embedding, features),
-        path,
-        input_names=[contract.EMBEDDING, contract.FEATURES],
-        output_names=[contract.PURCHASE_PROBABILITY, contract.HEAD_EMBEDDING],
-        dynamic_axes={
-            contract.EMBEDDING: batch,
-            contract.FEATURES: batch,
-            contract.PURCHASE_PROBABILITY: batch,
-            contract.HEAD_EMBEDDING: batch,
-        },
-    )
-    return path
-
-
-class TokenCalibration(CalibrationDataReader):
-    """Encoder feeds for `quantize_static`: one record per run, its real tokens and no padding.
-
-    Padding positions are masked out of attention and pooling, so their activations must not
-    widen the ranges that fix the int8 scales.
-    """
-
-    def __init__(self, tokenizer, texts: Sequence[str], max_length: int) -> None:
-        self._feeds: list[dict[str, np.ndarray]] = []
-        for text in texts:
-            ids, mask = tokenize(tokenizer, [text], max_length)
-            n = int(mask.sum())
-            self._feeds.append(
-                {contract.INPUT_IDS: ids[:, :n], contract.ATTENTION_MASK: mask[:, :n]}
-            )
-        self._next: Iterator[dict] = iter(self._feeds)
-
-    def get_next(self) -> dict | None:
-        return next(self._next, None)
-
-    def rewind(self) -> None:
-        self._next = iter(self._feeds)
-
-    def __len__(self) -> int:
-        return len(self._feeds)
-
-
-def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul nodes whose second input is a weight (attention's are not)."""
-    weights = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-
-
-def _fuse_int8_matmuls(model: onnx.ModelProto) -> int:
-    """Rewrite `quantize_static`'s QDQ graph the way ONNX Runtime runs it best, in place.
-
-    - ``DequantizeLinear -> MatMul -> Add(bias)`` becomes one MatMulIntegerToFloat with the
-      bias: ONNX Runtime folds the bias into dynamically quantised MatMuls but leaves a
-      separate Add after QDQ ones.
-    - A ``QuantizeLinear -> DequantizeLinear`` pair in front of any other op is dropped: the
-      quantiser gives one to every reader of a tensor that a MatMul reads quantised, so the
-      residual Add after a LayerNorm would read it rounded to 8 bits. It reads fp32 again.
-
-    Returns how many MatMuls were fused.
-    """
-    graph = model.graph
-    weights = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def made_by(name: str, op_type: str) -> onnx.NodeProto | None:
-        node = producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def constant(name: str) -> onnx.TensorProto | None:
-        """The initializer behind `name`: the exporter shares equal ones through Identity."""
-        identity = made_by(name, "Identity")
-        return weights.get(identity.input[0] if identity is not None else name)
-
-    replaced: dict[str, onnx.NodeProto] = {}  # by the output of the node it replaces
-    dropped: set[str] = set()  # outputs of the nodes it makes redundant
-    for node in graph.node:
-        if node.op_type != "MatMul":
-            continue
-        a = made_by(node.input[0], "DequantizeLinear")
-        b = made_by(node.input[1], "DequantizeLinear")
-        users = consumers.get(node.output[0], [])
-        if a is None or b is None or len(a.input) != 3 or len(b.input) != 3:
-            continue
-        if b.input[0] not in weights or any(
-            attr.name == "axis" and attr.i not in (1, -1) for attr in b.attribute
-        ):
-            continue  # MatMulIntegerToFloat takes a constant B, scaled per column
-        if len(users) != 1 or users[0].op_type != "Add":
-            continue
-        add = users[0]
-        bias = next(name for name in add.input if name != node.output[0])
-        if len(getattr(constant(bias), "dims", ())) != 1:
-            continue
-        replaced[node.output[0]] = onnx.helper.make_node(
-            "MatMulIntegerToFloat",
-            # A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias
-            [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2], bias],
-            [add.output[0]],
-            name=f"{node.name}_int8",
-            domain="com.microsoft",
-        )
-        dropped.add(add.output[0])
-    nodes = [replaced.get(n.output[0], n) for n in graph.node if n.output[0] not in dropped]
-
-    # Readers of an activation's Q -> DQ that are not fused MatMuls read the activation itself.
-    fp32_of = {}
-    for node in nodes:
-        quantize = made_by(node.input[0], "QuantizeLinear") if node.input else None
-        if node.op_type == "DequantizeLinear" and quantize is not None:
-            fp32_of[node.output[0]] = quantize.input[0]
-    for node in nodes:
-        for i, name in enumerate(node.input):
-            node.input[i] = fp32_of.get(name, name)
-
-    while True:  # drop the Q and DQ nodes nothing reads any more
-        used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-        kept = [
-            n
-            for n in nodes
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or n.output[0] in used
-        ]
-        if len(kept) == len(nodes):
-            break
-        nodes = kept
-    del graph.node[:]
-    graph.node.extend(nodes)
-    if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    return len(replaced)
-
-
-@contextmanager
-def _without_preprocessing_advice() -> Iterator[None]:
-    """ONNX Runtime's quantisers log advice to run its pre-processing, whose symbolic shape
-    inference fails on this graph; the variant checks judge the result instead."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def quantize_int8_static(
-    fp32: Path, out: Path, calibration: TokenCalibration, *, fuse: bool = True
-) -> Path:
-    """Static int8 of the weight MatMuls (query, key, value, attention output, both FFN layers).
-
-    Activations: uint8, one scale per tensor fixed from its min/max over `calibration` (the
-    percentile and entropy methods did no better on the quick model). Weights: int8, one scale
-    per output channel. Attention's activation-by-activation MatMuls, LayerNorm, GELU, softmax
-    and the MatMul outputs stay fp32. `fuse` rewrites the graph with `_fuse_int8_matmuls`.
-    """
-    calibration.rewind()
-    with _without_preprocessing_advice():
-        quantize_static(
-            fp32,
-            out,
-            calibration,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul"],  # and only their tensors are calibrated
-            nodes_to_quantize=_weight_matmuls(onnx.load(fp32)),
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={
-                "DedicatedQDQPair": True,
-                "OpTypesToExcludeOutputQuantization": ["MatMul"],
-            },
-        )
-    if fuse:
-        quantized = onnx.load(out)
-        _fuse_int8_matmuls(quantized)
-        onnx.save(quantized, out)
-    return out
-
-
 def derive_variant(
     variant: Variant,
     fp32: Path,
@@ -356,16 +119,9 @@ def derive_variant(
             raise ValueError("int8-static needs calibration records")
         quantize_int8_static(fp32, out, calibration)
     else:
-        with _without_preprocessing_advice():
+        with without_preprocessing_advice():
             quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True)
     return out
-
-
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -398,7 +154,7 @@ def onnx_predict(
     encoder: Path, head: Path, tokenizer, inputs: Inputs, max_length: int
 ) -> tuple[np.ndarray, float]:
     """(probabilities, records per second) of an encoder + head pair on `inputs`."""
-    encoder_session, head_session = session(encoder), session(head)
+    encoder_session, head_session = ort_session(encoder), ort_session(head)
     order = np.argsort([len(t) for t in inputs.texts])
     out = np.empty(len(inputs), dtype=np.float32)
     started = time.perf_counter()
@@ -439,7 +195,7 @@ def batch_dependence(
     shuffled into mixed batches of each `BATCH_LAYOUTS` layout, right-padded with zeros as the
     served encoder stacks requests.
     """
-    encoder_session, head_session = session(encoder), session(head)
+    encoder_session, head_session = ort_session(encoder), ort_session(head)
     tokens = [tokenize(tokenizer, [text], max_length) for text in inputs.texts]
     widths = [ids.shape[1] for ids, _ in tokens]  # each rounded up as a one-record request is
 

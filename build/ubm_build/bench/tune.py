@@ -1,4 +1,4 @@
-"""`python -m ubm_build.tune` (`make tune`): what each serving knob buys, measured in one run.
+"""`python -m ubm_build.bench.tune` (`make tune`): what each serving knob buys, measured in one run.
 
 Writes one model repository per `Tuning` below (the same model and encoder variant), serves
 each from its own tritonserver and measures it like `make bench` does: 32-record requests at
@@ -20,11 +20,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ubm_build import bench, data, export, pipeline, server
-from ubm_build.model import BehaviourModel
-from ubm_build.repository import RepositorySpec, Tuning, served_variant, write_repository
+from ubm_build import export, options, paths, steps
+from ubm_build.bench import benchmark as bench
+from ubm_build.model.network import BehaviourModel
+from ubm_build.serving import server
+from ubm_build.serving.repository import RepositorySpec, Tuning, served_variant, write_repository
 
-ROOT = data.PROJECT_ROOT
 DEFAULTS = Tuning()
 VARIANTS: dict[str, tuple[str, Tuning]] = {
     "untuned": (
@@ -162,33 +163,19 @@ def print_table(result: dict, console: Console) -> None:
     multiple=True,
     help="Measure only these variants (repeatable)  [default: all].",
 )
-@bench.model_dir_option
-@bench.onnx_dir_option
-@click.option(
-    "--repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ROOT / "model_repository",
-    show_default=True,
-    help="Its encoder variant is the one measured (else the fastest that passed its check).",
+@options.model_dir()
+@options.onnx_dir()
+@options.repository(
+    written=True,
+    help_text="Its encoder variant is the one measured (else the fastest that passed its check).",
 )
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=ROOT / ".run" / "tune",
-    show_default=True,
-    help="Where the variants' repositories and server logs go.",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=ROOT / "results" / "tuning.json",
-    show_default=True,
-)
-def main(records, single_records, rounds, only, model_dir, onnx_dir, repository, run_dir, out):
+@options.run_dir(paths.RUN_DIR / "tune")
+@options.out_file(paths.RESULTS / "tuning.json")
+def main(records, single_records, rounds, only, model_dir, onnx_dir, repository_dir, run_dir, out):
     console = bench.wide_console(stderr=True)
     variant = (
-        served_variant(repository, onnx_dir)
-        or export.fastest_passing(pipeline.load_variants(onnx_dir)).variant
+        served_variant(repository_dir, onnx_dir)
+        or export.fastest_passing(steps.load_variants(onnx_dir)).variant
     )
     result = run(
         model_dir=model_dir,

@@ -1,5 +1,5 @@
-"""`python -m ubm_build.bench` (`make bench`): the same records scored from the seeds' way to the
-served ensemble, in one run on this machine.
+"""`python -m ubm_build.bench` (`make bench`): the same records scored from the seeds' way to
+the served ensemble, in one run on this machine.
 
 Rows, all on the same test-day sessions:
 
@@ -52,14 +52,14 @@ from tritonclient.grpc import model_config_pb2
 
 from ubm import UbmClient, contract
 from ubm.records import Record, parse_record
-from ubm_build import data, export, server, triton_metrics
-from ubm_build import repository as repository_module
-from ubm_build.behaviour_text import encode_events
-from ubm_build.features import feature_matrix
-from ubm_build.model import BehaviourModel, load_tokenizer
-from ubm_build.triton_models.onnx_model import run_in_slices
+from ubm_build import data, export, options, paths
+from ubm_build.inputs.behaviour_text import encode_events
+from ubm_build.inputs.features import feature_matrix
+from ubm_build.model.network import BehaviourModel, load_tokenizer
+from ubm_build.serving import repository as repository_module
+from ubm_build.serving import server, triton_metrics
+from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
-ROOT = data.PROJECT_ROOT
 DEFAULT_RECORDS = 2048
 DEFAULT_SEEDS_RECORDS = 256
 DEFAULT_SINGLE_RECORDS = 256
@@ -215,7 +215,7 @@ def bench_ort(
     rows_per_run: int,
 ) -> Row:
     """In-process ONNX Runtime, the encoder in slices of `rows_per_run` records like the server."""
-    encoder_session, head_session = export.session(encoder), export.session(head)
+    encoder_session, head_session = export.ort_session(encoder), export.ort_session(head)
 
     def score(batch: Sequence[Record]) -> np.ndarray:
         ids, mask, features = model_inputs(tokenizer, batch, max_length)
@@ -355,7 +355,7 @@ def run(
     url: str | None = None,
     metrics_url: str | None = None,
     csv: Path = data.DEFAULT_CSV,
-    workdir: Path = ROOT / ".run" / "bench",
+    workdir: Path = paths.RUN_DIR / "bench",
     log: Log = print,
 ) -> dict:
     """Run every row and return the results as a JSON-ready dict (see `write`)."""
@@ -549,20 +549,6 @@ def write(result: dict, path: Path) -> Path:
     return path
 
 
-model_dir_option = click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "model",
-    show_default=True,
-)
-onnx_dir_option = click.option(
-    "--onnx-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "artifacts" / "onnx",
-    show_default=True,
-)
-
-
 def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(v) for v in value.split(","))
@@ -622,31 +608,16 @@ def _concurrency(ctx, param, value: str) -> tuple[int, ...]:
     help="Rounds of the served variant's rows, in process and served, taking turns;"
     " the median round is reported.",
 )
-@model_dir_option
-@onnx_dir_option
-@click.option(
-    "--repository",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=ROOT / "model_repository",
-    show_default=True,
-)
+@options.model_dir()
+@options.onnx_dir()
+@options.repository()
 @click.option("--url", help="Use a running server at HOST:PORT instead of starting one.")
 @click.option(
     "--metrics-url",
     help="With --url: the server's metrics endpoint, e.g. http://HOST:8002, for the time split.",
 )
-@click.option(
-    "--csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=data.DEFAULT_CSV,
-    show_default=True,
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=ROOT / "results" / "bench.json",
-    show_default=True,
-)
+@options.csv()
+@options.out_file(paths.RESULTS / "bench.json")
 def main(
     records,
     seeds_records,
@@ -658,7 +629,7 @@ def main(
     rounds,
     model_dir,
     onnx_dir,
-    repository,
+    repository_dir,
     url,
     metrics_url,
     csv,
@@ -669,7 +640,7 @@ def main(
     result = run(
         model_dir=model_dir,
         onnx_dir=onnx_dir,
-        repository=repository,
+        repository=repository_dir,
         records=records,
         seeds_records=seeds_records,
         single_records=single_records,

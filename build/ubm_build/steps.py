@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ubm_build import baselines, card, data, export, quality, repository, train
-from ubm_build.model import BehaviourModel, load_tokenizer
+from ubm_build import data, export
+from ubm_build.model import baselines, card, quality, train
+from ubm_build.model.network import BehaviourModel, load_tokenizer
+from ubm_build.serving import repository
 
 Log = Callable[[str], None]
 PREDICTIONS = "predictions.npz"

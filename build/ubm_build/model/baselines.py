@@ -22,9 +22,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ubm.records import Event
-from ubm_build.behaviour_text import split_session
 from ubm_build.data import Example
-from ubm_build.features import feature_matrix
+from ubm_build.inputs.behaviour_text import split_session
+from ubm_build.inputs.features import feature_matrix
 
 SEED = 0
 POPULARITY_NAMES = (

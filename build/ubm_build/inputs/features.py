@@ -19,7 +19,7 @@ from itertools import pairwise
 import numpy as np
 
 try:
-    from ubm_build.behaviour_text import EventLike, split_session
+    from ubm_build.inputs.behaviour_text import EventLike, split_session
 except ImportError:  # copied into a flat Triton model directory
     from behaviour_text import EventLike, split_session
 

@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2
 import ubm.contract
 import ubm.records
 from ubm import contract
-from ubm_build import behaviour_text, features
+from ubm_build.inputs import behaviour_text, features
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)

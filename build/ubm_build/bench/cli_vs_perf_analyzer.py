@@ -1,5 +1,5 @@
-"""`python -m ubm_build.bench_cli` (`make bench-cli`): `ubm-client score` against NVIDIA's
-`perf_analyzer`, on the same ensemble, the same records, batch size and concurrency.
+"""`python -m ubm_build.bench.cli_vs_perf_analyzer` (`make bench-cli`): `ubm-client score`
+against NVIDIA's `perf_analyzer`, on the same ensemble, records, batch size and concurrency.
 
 Both load one tritonserver that this command starts on free ports (or the one at ``--url``).
 After a warm-up (the CLI scores every record once, untimed) come ``--rounds`` rounds of:
@@ -23,7 +23,7 @@ server's own statistics for the run give the records per request as a check. per
 for every output of the ensemble (the 384-float embedding too); the CLI, as run by users, only
 for ``purchase_probability``.
 
-How perf_analyzer is found and run: `ubm_build.perf_analyzer`.
+How perf_analyzer is found and run: `ubm_build.bench.perf_analyzer`.
 """
 
 from __future__ import annotations
@@ -51,14 +51,11 @@ from rich.table import Table
 from tritonclient.grpc import InferenceServerClient
 
 from ubm import config, contract
-from ubm_build import data, perf_analyzer, server
-from ubm_build import repository as repository_module
+from ubm_build import options, paths
+from ubm_build.bench import perf_analyzer
+from ubm_build.serving import repository as repository_module
+from ubm_build.serving import server
 
-ROOT = data.PROJECT_ROOT
-DEFAULT_RECORDS_FILE = ROOT / "examples" / "sessions.jsonl"
-DEFAULT_OUT = ROOT / "results" / "cli_vs_perf_analyzer.json"
-DEFAULT_REPOSITORY = ROOT / "model_repository"
-DEFAULT_ONNX_DIR = ROOT / "artifacts" / "onnx"
 TARGET_RATIO = 0.9
 """The CLI should reach at least this share of perf_analyzer's records/s."""
 
@@ -339,7 +336,7 @@ def result_dict(
         "concurrency": concurrency,
         "batch_size": batch_size,
         "records": records,
-        "records_file": _shown(records_file),
+        "records_file": paths.shown(records_file),
         "cli_lines": rounds[0].cli.lines,
         "served_variant": variant,
         "cores": cores(),
@@ -356,13 +353,6 @@ def result_dict(
         ),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 def _version(package: str) -> str | None:
@@ -419,25 +409,13 @@ def print_table(result: dict, console: Console) -> None:
 
 
 @click.command()
-@click.option(
-    "--repository",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_REPOSITORY,
-    show_default=True,
-    help="Model repository to serve on free ports (ignored with --url).",
-)
+@options.repository(help_text="Model repository to serve on free ports (ignored with --url).")
 @click.option("--url", help="Benchmark the server already at this gRPC HOST:PORT instead.")
-@click.option(
-    "--onnx-dir",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_ONNX_DIR,
-    show_default=True,
-    help="Exported encoder variants, to name the served one.",
-)
+@options.onnx_dir(written=True)
 @click.option(
     "--records-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=DEFAULT_RECORDS_FILE,
+    default=paths.EXAMPLE_RECORDS,
     show_default=True,
 )
 @click.option("--records", "limit", type=click.IntRange(min=1), help="Use the first N records.")
@@ -483,11 +461,11 @@ def print_table(result: dict, console: Console) -> None:
     "-o",
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT,
+    default=paths.RESULTS / "cli_vs_perf_analyzer.json",
     show_default=True,
 )
 def main(
-    repository: Path,
+    repository_dir: Path,
     url: str | None,
     onnx_dir: Path,
     records_file: Path,
@@ -527,10 +505,10 @@ def main(
             variant = None
             done = compare(url, records, workdir=workdir, **settings)
         else:
-            variant = repository_module.served_variant(repository, onnx_dir)
+            variant = repository_module.served_variant(repository_dir, onnx_dir)
             ports = server.Ports.free()
-            console.print(f"starting tritonserver on {repository} (gRPC port {ports.grpc})")
-            triton = server.TritonServer(repository, workdir=workdir / "triton", ports=ports)
+            console.print(f"starting tritonserver on {repository_dir} (gRPC port {ports.grpc})")
+            triton = server.TritonServer(repository_dir, workdir=workdir / "triton", ports=ports)
             try:
                 with triton:
                     done = compare(triton.grpc_url, records, workdir=workdir, **settings)
@@ -552,7 +530,7 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result, console)
-    console.print(f"written: {_shown(out)}")
+    console.print(f"written: {paths.shown(out)}")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from ubm.records import Event
-from ubm_build.behaviour_text import behaviour_text, tokenize
 from ubm_build.data import Example
-from ubm_build.features import feature_matrix
-from ubm_build.model import BehaviourModel, load_tokenizer
+from ubm_build.inputs.behaviour_text import behaviour_text, tokenize
+from ubm_build.inputs.features import feature_matrix
+from ubm_build.model.network import BehaviourModel, load_tokenizer
 
 
 @dataclass(frozen=True)
