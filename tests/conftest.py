@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny real model, its Triton repository, and a real tritonserver."""
+"""Shared fixtures.
+
+Unit tests may use `tokenizer`, the packaged base model's. The others are for integration tests
+only: `examples` reads the whole Taobao CSV, `tiny_model` builds a torch BERT, and `tiny_onnx`,
+`tiny_repository` and `triton` are made from it.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer
 
 from ubm import AsyncUbmClient, UbmClient
-from ubm._base import Score
-from ubm_build import data, export
+from ubm.scores import Score
+from ubm_build import data, export, steps
+from ubm_build.inputs.features import feature_matrix
 from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
-from ubm_build.model.train import inputs_of
+from ubm_build.model.train import events_of
 from ubm_build.serving import repository, server
 
 MAX_LENGTH = 64
@@ -27,10 +34,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 @pytest.fixture(scope="session")
 def examples() -> dict[str, list[data.Example]]:
-    by_window: dict[str, list[data.Example]] = {name: [] for name in data.WINDOWS}
-    for ex in data.make_examples(data.read_events()):
-        by_window[ex.window].append(ex)
-    return by_window
+    """Every example of the real Taobao CSV, by window, as `ubm-build` loads them."""
+    return steps.load_examples(data.DEFAULT_CSV)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +43,7 @@ def tiny_model(tmp_path_factory, examples) -> tuple[BehaviourModel, Path]:
     """A randomly initialised 2-layer BERT + head, saved like a trained model."""
     directory = tmp_path_factory.mktemp("model")
     model = BehaviourModel.tiny(DEFAULT_BASE_MODEL, MAX_LENGTH, seed=0)
-    model.head.fit_feature_scaling(inputs_of(examples["train"][:500]).features)
+    model.head.fit_feature_scaling(feature_matrix(events_of(examples["train"][:500])))
     model.head.calibration_bias.fill_(-2.0)  # probabilities in a realistic range
     model.save(directory)
     return BehaviourModel.load(directory), directory
@@ -73,8 +78,9 @@ def tiny_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tiny_model):
-    return load_tokenizer(tiny_model[1])
+def tokenizer() -> Tokenizer:
+    """The packaged base model's tokenizer: the one `tiny_model` saves, without building it."""
+    return load_tokenizer(DEFAULT_BASE_MODEL)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Python SDK and CLI for the ubm user-behaviour model served by NVIDIA Triton."""
 
-from ubm._base import Score
 from ubm.async_client import AsyncUbmClient
 from ubm.client import UbmClient
 from ubm.config import TlsConfig
@@ -15,6 +14,7 @@ from ubm.exceptions import (
     UbmError,
 )
 from ubm.records import Event, Record, RecordError, parse_record, parse_record_json
+from ubm.scores import Score
 
 __version__ = "0.1.0"
 

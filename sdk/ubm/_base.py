@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from ubm import contract
 from ubm.exceptions import QUEUE_TIMEOUT_MESSAGE, InvalidRecordError, ServerError
 from ubm.records import Record, RecordError, parse_record
+from ubm.scores import Score
 
 RETRYABLE_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"})
 """gRPC statuses worth retrying: connection failures (gRPC reports them as UNAVAILABLE) and a
@@ -39,28 +40,6 @@ def is_retryable(error: InferenceServerException, *, model_was_served: bool) -> 
         return False
     status = error.status()
     return status in RETRYABLE_STATUSES or (model_was_served and status == MODEL_GONE_STATUS)
-
-
-@dataclass(frozen=True, slots=True)
-class Score:
-    """The model's answer for one record.
-
-    Attributes:
-        id: the record's id.
-        purchase_probability: P(the user buys before the current session ends).
-        embedding: the user representation, when it was asked for.
-    """
-
-    id: str
-    purchase_probability: float
-    embedding: tuple[float, ...] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready form; ``embedding`` is present only when it was asked for."""
-        row: dict[str, Any] = {"id": self.id, "purchase_probability": self.purchase_probability}
-        if self.embedding is not None:
-            row["embedding"] = list(self.embedding)
-        return row
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ from tritonclient.utils import InferenceServerException
 from ubm import contract
 from ubm._base import (
     RetryPolicy,
-    Score,
     build_inputs,
     check_batch,
     check_batch_size,
@@ -37,8 +36,8 @@ from ubm._base import (
     requested_outputs,
     validate_records,
 )
+from ubm._concurrency import achunked, aenumerate, amap_ordered, chunked
 from ubm._endpoints import EndpointPool, parse_urls
-from ubm._pipeline import achunked, aenumerate, amap_ordered, chunked
 from ubm.config import (
     DEFAULT_BACKOFF_S,
     DEFAULT_BATCH_SIZE,
@@ -52,6 +51,7 @@ from ubm.config import (
 )
 from ubm.exceptions import from_triton_error
 from ubm.records import Record
+from ubm.scores import Score
 
 _T = TypeVar("_T")
 _RawRecord = Mapping[str, Any] | Record

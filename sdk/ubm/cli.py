@@ -25,10 +25,10 @@ from rich.progress import (
 )
 
 from ubm import __version__, contract
+from ubm._concurrency import map_ordered
 from ubm._endpoints import parse_urls
 from ubm._jsonl import Chunk, ResumeError, Row, answered_rows, read_chunks, score_lines
 from ubm._outputs import OutputError, check_distinct, open_outputs
-from ubm._pipeline import map_ordered
 from ubm.client import UbmClient
 from ubm.config import (
     DEFAULT_BATCH_SIZE,

@@ -13,7 +13,6 @@ from tritonclient.utils import InferenceServerException
 from ubm import contract
 from ubm._base import (
     RetryPolicy,
-    Score,
     build_inputs,
     check_batch,
     check_batch_size,
@@ -23,8 +22,8 @@ from ubm._base import (
     requested_outputs,
     validate_records,
 )
+from ubm._concurrency import chunked, map_ordered
 from ubm._endpoints import EndpointPool, parse_urls
-from ubm._pipeline import chunked, map_ordered
 from ubm.config import (
     DEFAULT_BACKOFF_S,
     DEFAULT_BATCH_SIZE,
@@ -38,6 +37,7 @@ from ubm.config import (
 )
 from ubm.exceptions import from_triton_error
 from ubm.records import Record
+from ubm.scores import Score
 
 _T = TypeVar("_T")
 

@@ -26,6 +26,17 @@ output, and then fails the request ("unexpected deadlock")."""
 PURCHASE_PROBABILITY = "purchase_probability"
 """Ensemble output: FP32 [batch, 1], P(the user buys before the current session ends)."""
 
+# Parameters of the generated model configs: `ubm_build.serving.repository` writes them, and the
+# python-backend models, next to which this module is copied, read them.
+PARAM_MAX_LENGTH = "max_length"
+"""preprocess and encoder: the longest token sequence."""
+PARAM_VOCAB_SIZE = "vocab_size"
+"""encoder: token ids must lie in [0, vocab_size)."""
+PARAM_ROWS_PER_RUN = "rows_per_run"
+"""encoder and head: records per ONNX Runtime run (0: the whole batch at once)."""
+PARAM_INTRA_OP_THREADS = "intra_op_threads"
+"""encoder and head: ONNX Runtime's intra-op threads (0: every core)."""
+
 MAX_BATCH_SIZE = 256
 """The largest number of records one request may carry."""
 DEFAULT_GRPC_PORT = 8001

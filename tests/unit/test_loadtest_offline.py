@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ubm import contract
-from ubm._base import Score
+from ubm.scores import Score
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADTEST = ROOT / "loadtest"
