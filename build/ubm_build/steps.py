@@ -70,14 +70,12 @@ def export_step(
     fp32 = export.export_encoder(model, onnx_dir / "encoder.onnx")
     examples = load_examples(csv)
     test = examples["test"]
-    inputs, labels = train.inputs_of(test), train.labels_of(test)
+    events, labels = train.events_of(test), train.labels_of(test)
     reference = np.load(model_dir / PREDICTIONS)["test_probabilities"]
     picked = random.Random(0).sample(
         examples["train"], min(export.CALIBRATION_RECORDS, len(examples["train"]))
     )
-    calibration = export.TokenCalibration(
-        tokenizer, train.inputs_of(picked).texts, model.spec.max_length
-    )
+    calibration = export.TokenCalibration(tokenizer, train.events_of(picked), model.spec.max_length)
     reports = []
     for variant in export.Variant:
         encoder = export.derive_variant(
@@ -88,7 +86,7 @@ def export_step(
             encoder,
             head,
             tokenizer,
-            inputs,
+            events,
             labels,
             reference,
             max_length=model.spec.max_length,

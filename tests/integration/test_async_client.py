@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ubm import InvalidRecordError, contract, parse_record
-from ubm_build.model.train import inputs_of, predict
+from ubm_build.model.train import events_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def test_scores_equal_the_in_process_model(connect, triton, tiny_model, tokenize
         assert client.is_ready()
         scores = client.score([ex.to_record() for ex in sample], embedding=True)
     assert [s.id for s in scores] == [ex.id for ex in sample]
-    expected = predict(model, tokenizer, inputs_of(sample))
+    expected = predict(model, tokenizer, events_of(sample))
     np.testing.assert_allclose([s.purchase_probability for s in scores], expected, atol=1e-5)
     assert {len(s.embedding) for s in scores} == {model.spec.hidden_size}
 

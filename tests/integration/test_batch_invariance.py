@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 
 from ubm import contract
 from ubm_build import export
-from ubm_build.model.train import inputs_of
+from ubm_build.model.train import events_of
 from ubm_build.serving import repository, server, triton_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -82,7 +82,7 @@ def int8_static_server(
     model, model_dir = tiny_model
     encoder_fp32, head = tiny_onnx
     picked = random.Random(0).sample(examples["train"], 32)
-    calibration = export.TokenCalibration(tokenizer, inputs_of(picked).texts, model.spec.max_length)
+    calibration = export.TokenCalibration(tokenizer, events_of(picked), model.spec.max_length)
     directory = tmp_path_factory.mktemp("int8_static")
     encoder = export.derive_variant(
         export.Variant.INT8_STATIC, encoder_fp32, model, directory / "encoder.onnx", calibration

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from ubm_build import export
 from ubm_build.bench import benchmark as bench
 from ubm_build.bench import tune
-from ubm_build.inputs.behaviour_text import behaviour_text
 from ubm_build.serving.repository import Tuning, served_variant
 
 pytestmark = pytest.mark.integration
@@ -43,8 +42,8 @@ def onnx_dir(tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory):
     directory = tmp_path_factory.mktemp("bench_onnx")
     shutil.copy2(encoder, directory / "encoder-fp32.onnx")
     shutil.copy2(head, directory / "head.onnx")
-    texts = [behaviour_text(ex.events) for ex in examples["train"][:32]]
-    calibration = export.TokenCalibration(tokenizer, texts, model.spec.max_length)
+    events = [ex.events for ex in examples["train"][:32]]
+    calibration = export.TokenCalibration(tokenizer, events, model.spec.max_length)
     export.derive_variant(
         export.Variant.INT8_STATIC,
         encoder,

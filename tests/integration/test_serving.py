@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm_build.model.train import inputs_of, predict
+from ubm_build.model.train import events_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_scores_match_in_process_pytorch(triton, tiny_model, tokenizer, examples
     result = infer(triton, [orjson.dumps(ex.to_record()) for ex in sample])
     served = result.as_numpy(contract.PURCHASE_PROBABILITY)
     assert served.shape == (len(sample), 1)
-    expected = predict(model, tokenizer, inputs_of(sample))
+    expected = predict(model, tokenizer, events_of(sample))
     np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
 
     embedding = result.as_numpy(contract.EMBEDDING)
@@ -89,7 +89,7 @@ def test_served_roc_auc_equals_in_process(triton, tiny_model, tokenizer, example
             for i in range(0, len(payloads), 256)
         ]
     )
-    in_process = predict(model, tokenizer, inputs_of(test))
+    in_process = predict(model, tokenizer, events_of(test))
     labels = labels_of(test)
     assert roc_auc_score(labels, served) == pytest.approx(
         roc_auc_score(labels, in_process), abs=1e-3

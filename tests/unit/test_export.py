@@ -11,8 +11,8 @@ import pytest
 from ubm import contract
 from ubm_build import export, steps
 from ubm_build.export import int8
-from ubm_build.inputs.behaviour_text import tokenize
-from ubm_build.model.train import inputs_of, labels_of, predict
+from ubm_build.inputs.model_inputs import model_inputs
+from ubm_build.model.train import events_of, labels_of, predict
 from ubm_build.serving import repository
 
 CALIBRATION_RECORDS = 32
@@ -24,7 +24,7 @@ def calibration(tokenizer, tiny_model, examples) -> export.TokenCalibration:
     """Train-window records only: the variants are judged on the test window."""
     model, _ = tiny_model
     picked = random.Random(0).sample(examples["train"], CALIBRATION_RECORDS)
-    return export.TokenCalibration(tokenizer, inputs_of(picked).texts, model.spec.max_length)
+    return export.TokenCalibration(tokenizer, events_of(picked), model.spec.max_length)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +45,15 @@ def reports(tiny_model, tiny_onnx, encoders, tokenizer, examples):
     model, _ = tiny_model
     _, head = tiny_onnx
     sample = examples["test"][:300]
-    inputs, labels = inputs_of(sample), labels_of(sample)
-    reference = predict(model, tokenizer, inputs)
+    events, labels = events_of(sample), labels_of(sample)
+    reference = predict(model, tokenizer, events)
     return {
         variant: export.check_variant(
             variant,
             encoder,
             head,
             tokenizer,
-            inputs,
+            events,
             labels,
             reference,
             max_length=model.spec.max_length,
@@ -137,8 +137,7 @@ def test_fusing_keeps_the_int8_arithmetic_and_the_fp32_residual(
     fused = int8.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
     qdq = int8.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
     assert "MatMulIntegerToFloat" not in {n.op_type for n in onnx.load(qdq).graph.node}
-    texts = inputs_of(examples["test"][:64]).texts
-    ids, mask = tokenize(tokenizer, texts, model.spec.max_length)
+    ids, mask, _ = model_inputs(tokenizer, events_of(examples["test"][:64]), model.spec.max_length)
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
     exact, fused_out, qdq_out = (
         export.ort_session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)

@@ -13,7 +13,6 @@ from ubm_build import export
 from ubm_build.inputs import behaviour_text, features
 from ubm_build.inputs.behaviour_text import encode_events
 from ubm_build.serving import repository
-from ubm_build.serving.triton_models import onnx_model
 from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -64,8 +63,8 @@ def test_tuning_reaches_the_configs():
     configs = repository.model_configs(spec)
     encoder, preprocess = configs[contract.ENCODER], configs[contract.PREPROCESS]
     assert encoder["instance_group"][0]["count"] == 2
-    assert encoder["parameters"]["intra_op_threads"]["string_value"] == "1"
-    assert encoder["parameters"]["rows_per_run"]["string_value"] == "4"
+    assert encoder["parameters"][contract.PARAM_INTRA_OP_THREADS]["string_value"] == "1"
+    assert encoder["parameters"][contract.PARAM_ROWS_PER_RUN]["string_value"] == "4"
     assert preprocess["instance_group"][0]["count"] == 3
     for name in (contract.PREPROCESS, contract.ENCODER, contract.HEAD):
         assert configs[name]["dynamic_batching"]["max_queue_delay_microseconds"] == 500
@@ -88,11 +87,8 @@ def test_every_batcher_lets_a_request_timeout_reject_it():
 def test_the_encoder_knows_the_vocabulary_and_the_length_limit():
     spec = repository.RepositorySpec(max_length=48, hidden_size=384, n_features=29, vocab_size=99)
     parameters = repository.model_configs(spec)[contract.ENCODER]["parameters"]
-    assert parameters[repository.VOCAB_SIZE_PARAMETER]["string_value"] == "99"
-    assert parameters[repository.MAX_LENGTH_PARAMETER]["string_value"] == "48"
-    # onnx_model.py runs inside Triton without the build package: it repeats the names.
-    assert onnx_model.VOCAB_SIZE_PARAMETER == repository.VOCAB_SIZE_PARAMETER
-    assert onnx_model.MAX_LENGTH_PARAMETER == repository.MAX_LENGTH_PARAMETER
+    assert parameters[contract.PARAM_VOCAB_SIZE]["string_value"] == "99"
+    assert parameters[contract.PARAM_MAX_LENGTH]["string_value"] == "48"
 
 
 def test_the_cpu_target_needs_the_vocabulary_size():
@@ -105,7 +101,7 @@ def test_the_vocabulary_size_comes_from_the_tokenizer(tiny_repository, tokenizer
     pbtxt = (tiny_repository / contract.ENCODER / "config.pbtxt").read_text()
     config = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    assert config.parameters[repository.VOCAB_SIZE_PARAMETER].string_value == str(vocab)
+    assert config.parameters[contract.PARAM_VOCAB_SIZE].string_value == str(vocab)
     for name in (contract.ENCODER, contract.HEAD):
         assert (tiny_repository / name / "1" / "contract.py").is_file(), name
 

@@ -230,20 +230,20 @@ def test_preprocess_fails_only_the_requests_with_bad_records(preprocess, records
 def test_preprocess_blames_the_record_the_feature_code_cannot_take(
     preprocess, records, monkeypatch, failure, fragment
 ):
-    """Records that pass the schema but break `feature_matrix` (as a ts in milliseconds did
+    """Records that pass the schema but break the feature code (as a ts in milliseconds did
     before the schema bounded it) fail their own request, naming the record."""
-    real = preprocess.module.feature_matrix
+    real = preprocess.module.model_inputs
 
-    def fragile(sequences: list) -> np.ndarray:
-        matrix = real(sequences)
+    def fragile(tokenizer: Any, sequences: list, max_length: int) -> Any:
+        inputs = real(tokenizer, sequences, max_length)
         for row, events in enumerate(sequences):
             if any(event.item == "cursed" for event in events):
                 if failure is not None:
                     raise failure
-                matrix[row, 0] = np.nan
-        return matrix
+                inputs.features[row, 0] = np.nan
+        return inputs
 
-    monkeypatch.setattr(preprocess.module, "feature_matrix", fragile)
+    monkeypatch.setattr(preprocess.module, "model_inputs", fragile)
     cursed = with_event(records[4], item="cursed")
     good = records_request(*records[:3])
     responses = preprocess.execute([good, records_request(records[3], cursed, records[5])])
@@ -255,7 +255,7 @@ def test_preprocess_reports_a_server_bug_briefly(preprocess, records, monkeypatc
     def broken(*args: Any) -> None:
         raise RuntimeError("/srv/secret/path.py exploded " + "y" * 2000)
 
-    monkeypatch.setattr(preprocess.module, "encode_events", broken)
+    monkeypatch.setattr(preprocess.module, "model_inputs", broken)
     response = preprocess.execute([records_request(records[0])])[0]
     message = assert_error(response, FakeTritonError.INTERNAL, "preprocess")
     assert "/srv/secret" not in message and "Traceback" not in message
@@ -264,9 +264,9 @@ def test_preprocess_reports_a_server_bug_briefly(preprocess, records, monkeypatc
 
 def test_preprocess_skips_a_cancelled_request(preprocess, records, monkeypatch):
     calls = []
-    real = preprocess.module.encode_events
+    real = preprocess.module.model_inputs
     monkeypatch.setattr(
-        preprocess.module, "encode_events", lambda *a: calls.append(len(a[1])) or real(*a)
+        preprocess.module, "model_inputs", lambda *a: calls.append(len(a[1])) or real(*a)
     )
     responses = preprocess.execute(
         [records_request(records[0]), records_request(*records[1:4], cancelled=True)]

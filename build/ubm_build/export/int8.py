@@ -19,7 +19,8 @@ from onnxruntime.quantization import (
 )
 
 from ubm import contract
-from ubm_build.inputs.behaviour_text import tokenize
+from ubm_build.inputs.behaviour_text import EventLike
+from ubm_build.inputs.model_inputs import model_inputs
 
 
 class TokenCalibration(CalibrationDataReader):
@@ -29,10 +30,12 @@ class TokenCalibration(CalibrationDataReader):
     widen the ranges that fix the int8 scales.
     """
 
-    def __init__(self, tokenizer, texts: Sequence[str], max_length: int) -> None:
+    def __init__(
+        self, tokenizer, event_sequences: Sequence[Sequence[EventLike]], max_length: int
+    ) -> None:
         self._feeds: list[dict[str, np.ndarray]] = []
-        for text in texts:
-            ids, mask = tokenize(tokenizer, [text], max_length)
+        for events in event_sequences:
+            ids, mask, _ = model_inputs(tokenizer, [events], max_length)
             n = int(mask.sum())
             self._feeds.append(
                 {contract.INPUT_IDS: ids[:, :n], contract.ATTENTION_MASK: mask[:, :n]}

@@ -27,20 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 from sklearn.metrics import roc_auc_score
 
 from ubm import contract
+from ubm.records import Event
 from ubm_build.export.graphs import ort_session
 from ubm_build.export.int8 import (
     TokenCalibration,
     quantize_int8_static,
     without_preprocessing_advice,
 )
-from ubm_build.inputs.behaviour_text import tokenize
+from ubm_build.inputs.model_inputs import ModelInputs, model_inputs
 from ubm_build.model.network import BehaviourModel
-from ubm_build.model.train import Inputs
 
 DEFAULT_ATOL = 1e-4
 """Largest tolerated |probability - PyTorch's| for the fp32 variants."""
@@ -150,22 +151,43 @@ class VariantReport:
         return asdict(self)
 
 
+def _probabilities(
+    encoder: ort.InferenceSession,
+    head: ort.InferenceSession,
+    batch: ModelInputs,
+    rows_per_run: int = 0,
+) -> np.ndarray:
+    """Encoder (in runs of `rows_per_run` records, 0: all at once), then head: p per record."""
+    step = rows_per_run or len(batch.ids)
+    embedding = np.concatenate(
+        [
+            encoder.run(
+                [contract.EMBEDDING],
+                {
+                    contract.INPUT_IDS: batch.ids[start : start + step],
+                    contract.ATTENTION_MASK: batch.mask[start : start + step],
+                },
+            )[0]
+            for start in range(0, len(batch.ids), step)
+        ]
+    )
+    feeds = {contract.EMBEDDING: embedding, contract.FEATURES: batch.features}
+    return head.run([contract.PURCHASE_PROBABILITY], feeds)[0][:, 0]
+
+
 def onnx_predict(
-    encoder: Path, head: Path, tokenizer, inputs: Inputs, max_length: int
+    encoder: Path, head: Path, tokenizer, events: Sequence[Sequence[Event]], max_length: int
 ) -> tuple[np.ndarray, float]:
-    """(probabilities, records per second) of an encoder + head pair on `inputs`."""
+    """(probabilities, records per second) of an encoder + head pair on `events`."""
     encoder_session, head_session = ort_session(encoder), ort_session(head)
-    order = np.argsort([len(t) for t in inputs.texts])
-    out = np.empty(len(inputs), dtype=np.float32)
+    order = np.argsort([len(e) for e in events])
+    out = np.empty(len(events), dtype=np.float32)
     started = time.perf_counter()
-    for start in range(0, len(inputs), PARITY_BATCH_SIZE):
+    for start in range(0, len(events), PARITY_BATCH_SIZE):
         rows = order[start : start + PARITY_BATCH_SIZE]
-        ids, mask = tokenize(tokenizer, [inputs.texts[i] for i in rows], max_length)
-        feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        embedding = encoder_session.run([contract.EMBEDDING], feeds)[0]
-        head_feeds = {contract.EMBEDDING: embedding, contract.FEATURES: inputs.features[rows]}
-        out[rows] = head_session.run([contract.PURCHASE_PROBABILITY], head_feeds)[0][:, 0]
-    return out, len(inputs) / (time.perf_counter() - started)
+        batch = model_inputs(tokenizer, [events[i] for i in rows], max_length)
+        out[rows] = _probabilities(encoder_session, head_session, batch)
+    return out, len(events) / (time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -187,49 +209,40 @@ BATCH_LAYOUTS = (
 
 
 def batch_dependence(
-    encoder: Path, head: Path, tokenizer, inputs: Inputs, max_length: int
+    encoder: Path, head: Path, tokenizer, events: Sequence[Sequence[Event]], max_length: int
 ) -> float:
-    """Largest |p alone - p in a batch| over `inputs`' records.
+    """Largest |p alone - p in a batch| over the records of `events`.
 
     Alone: one record per run, padded as a one-record request is. In a batch: the records
     shuffled into mixed batches of each `BATCH_LAYOUTS` layout, right-padded with zeros as the
     served encoder stacks requests.
     """
     encoder_session, head_session = ort_session(encoder), ort_session(head)
-    tokens = [tokenize(tokenizer, [text], max_length) for text in inputs.texts]
-    widths = [ids.shape[1] for ids, _ in tokens]  # each rounded up as a one-record request is
+    singles = [model_inputs(tokenizer, [record], max_length) for record in events]
+    alone = np.array([_probabilities(encoder_session, head_session, one)[0] for one in singles])
 
-    def score(rows: Sequence[int], width: int, rows_per_run: int) -> np.ndarray:
+    def stacked(rows: Sequence[int], width: int) -> ModelInputs:
         ids = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, record in enumerate(rows):
-            ids[row, : widths[record]] = tokens[record][0][0]
-            mask[row, : widths[record]] = tokens[record][1][0]
-        step = rows_per_run or len(rows)
-        embedding = np.concatenate(
-            [
-                encoder_session.run(
-                    [contract.EMBEDDING],
-                    {
-                        contract.INPUT_IDS: ids[start : start + step],
-                        contract.ATTENTION_MASK: mask[start : start + step],
-                    },
-                )[0]
-                for start in range(0, len(rows), step)
-            ]
-        )
-        feeds = {contract.EMBEDDING: embedding, contract.FEATURES: inputs.features[list(rows)]}
-        return head_session.run([contract.PURCHASE_PROBABILITY], feeds)[0][:, 0]
+            n = singles[record].ids.shape[1]
+            ids[row, :n], mask[row, :n] = singles[record].ids[0], singles[record].mask[0]
+        return ModelInputs(ids, mask, np.concatenate([singles[r].features for r in rows]))
 
-    alone = np.array([score([i], widths[i], 0)[0] for i in range(len(inputs))])
     worst = 0.0
     for seed, layout in enumerate(BATCH_LAYOUTS, start=1):
-        order = np.random.default_rng(seed).permutation(len(inputs))
+        order = np.random.default_rng(seed).permutation(len(events))
         start, turn = 0, 0
         while start < len(order):
             rows = order[start : start + layout.sizes[turn % len(layout.sizes)]]
-            width = max_length if layout.pad_to_max_length else max(widths[i] for i in rows)
-            batched = score(rows, width, layout.rows_per_run)
+            width = (
+                max_length
+                if layout.pad_to_max_length
+                else max(singles[i].ids.shape[1] for i in rows)
+            )
+            batched = _probabilities(
+                encoder_session, head_session, stacked(rows, width), layout.rows_per_run
+            )
             worst = max(worst, float(np.abs(batched - alone[rows]).max()))
             start, turn = start + len(rows), turn + 1
     return worst
@@ -240,7 +253,7 @@ def check_variant(
     encoder: Path,
     head: Path,
     tokenizer,
-    inputs: Inputs,
+    events: Sequence[Sequence[Event]],
     labels: np.ndarray,
     reference: np.ndarray,
     *,
@@ -249,14 +262,14 @@ def check_variant(
     max_int8_auc_loss: float = DEFAULT_MAX_INT8_AUC_LOSS,
     batch_records: int = BATCH_CHECK_RECORDS,
 ) -> VariantReport:
-    """Score `inputs` with the variant, compare it with PyTorch's probabilities, and measure
+    """Score `events` with the variant, compare it with PyTorch's probabilities, and measure
     its batch dependence on `batch_records` of them (a fixed random choice)."""
-    probabilities, rate = onnx_predict(encoder, head, tokenizer, inputs, max_length)
+    probabilities, rate = onnx_predict(encoder, head, tokenizer, events, max_length)
     diff = float(np.abs(probabilities - reference).max())
     auc = float(roc_auc_score(labels, probabilities))
     delta = auc - float(roc_auc_score(labels, reference))
-    picked = np.random.default_rng(0).permutation(len(inputs))[:batch_records]
-    checked = Inputs([inputs.texts[i] for i in picked], inputs.features[picked])
+    picked = np.random.default_rng(0).permutation(len(events))[:batch_records]
+    checked = [events[i] for i in picked]
     batch_diff = batch_dependence(encoder, head, tokenizer, checked, max_length)
     accurate = -delta <= max_int8_auc_loss if variant.is_int8 else diff <= atol
     passed = accurate and batch_diff <= variant.batch_bound

@@ -18,10 +18,10 @@ from itertools import pairwise
 
 import numpy as np
 
-try:
-    from ubm_build.inputs.behaviour_text import EventLike, split_session
-except ImportError:  # copied into a flat Triton model directory
+try:  # in Triton's preprocess directory: the copy beside this file, not the installed package
     from behaviour_text import EventLike, split_session
+except ImportError:  # in the source tree
+    from ubm_build.inputs.behaviour_text import EventLike, split_session
 
 CHINA = timezone(timedelta(hours=8))
 """Taobao's clock: hour of day and weekday are read in China time."""

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from ubm.records import Event
 from ubm_build.data import Example
-from ubm_build.inputs.behaviour_text import behaviour_text, tokenize
 from ubm_build.inputs.features import feature_matrix
+from ubm_build.inputs.model_inputs import model_inputs
 from ubm_build.model.network import BehaviourModel, load_tokenizer
 
 
@@ -44,23 +44,9 @@ PROFILES = {
 }
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What the model reads for a list of records: behaviour texts and session features."""
-
-    texts: list[str]
-    features: np.ndarray
-
-    @classmethod
-    def of(cls, event_sequences: Sequence[Sequence[Event]]) -> Inputs:
-        return cls([behaviour_text(e) for e in event_sequences], feature_matrix(event_sequences))
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-def inputs_of(examples: Sequence[Example]) -> Inputs:
-    return Inputs.of([ex.events for ex in examples])
+def events_of(examples: Sequence[Example]) -> list[tuple[Event, ...]]:
+    """What the model reads of each example: its events, oldest first."""
+    return [ex.events for ex in examples]
 
 
 def labels_of(examples: Sequence[Example]) -> np.ndarray:
@@ -77,22 +63,31 @@ def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list
     return sorted(kept, key=lambda ex: ex.prediction_ts)
 
 
-def _tensors(model: BehaviourModel, tokenizer, inputs: Inputs, rows: Sequence[int]):
-    ids, mask = tokenize(tokenizer, [inputs.texts[i] for i in rows], model.spec.max_length)
-    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(inputs.features[rows])
+def _tensors(model: BehaviourModel, tokenizer, events: Sequence[Sequence[Event]], rows):
+    batch = model_inputs(tokenizer, [events[i] for i in rows], model.spec.max_length)
+    return (
+        torch.from_numpy(batch.ids),
+        torch.from_numpy(batch.mask),
+        torch.from_numpy(batch.features),
+    )
 
 
 @torch.inference_mode()
 def predict(
-    model: BehaviourModel, tokenizer, inputs: Inputs, *, batch_size: int = 64, calibrated=True
+    model: BehaviourModel,
+    tokenizer,
+    events: Sequence[Sequence[Event]],
+    *,
+    batch_size: int = 64,
+    calibrated: bool = True,
 ) -> np.ndarray:
     """Calibrated purchase probabilities, or raw logits with ``calibrated=False``."""
     model.eval()
-    order = np.argsort([len(t) for t in inputs.texts])  # similar lengths together: less padding
-    out = np.empty(len(inputs), dtype=np.float32)
-    for start in range(0, len(inputs), batch_size):
+    order = np.argsort([len(e) for e in events])  # similar lengths together: less padding
+    out = np.empty(len(events), dtype=np.float32)
+    for start in range(0, len(events), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask, features = _tensors(model, tokenizer, inputs, rows)
+        ids, mask, features = _tensors(model, tokenizer, events, rows)
         if calibrated:
             values = model.head(model.encoder(ids, mask), features).squeeze(-1)
         else:
@@ -125,9 +120,9 @@ def train(
     train_set = subsample(examples["train"], profile.max_train_examples, profile.seed)
     model = BehaviourModel.from_base(base_model, profile.max_length, seed=profile.seed)
     tokenizer = load_tokenizer(base_model)
-    train_inputs, labels = inputs_of(train_set), labels_of(train_set).astype(np.float32)
-    valid_inputs, valid_labels = inputs_of(examples["valid"]), labels_of(examples["valid"])
-    model.head.fit_feature_scaling(train_inputs.features)
+    train_events, labels = events_of(train_set), labels_of(train_set).astype(np.float32)
+    valid_events, valid_labels = events_of(examples["valid"]), labels_of(examples["valid"])
+    model.head.fit_feature_scaling(feature_matrix(train_events))
     pos_weight = torch.tensor((labels == 0).sum() / max(labels.sum(), 1.0))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     optimizer = torch.optim.AdamW(
@@ -150,7 +145,7 @@ def train(
             order = rng.permutation(len(train_set))
             for start in range(0, len(order), profile.batch_size):
                 rows = order[start : start + profile.batch_size]
-                logits = model.logit(*_tensors(model, tokenizer, train_inputs, rows))
+                logits = model.logit(*_tensors(model, tokenizer, train_events, rows))
                 loss = loss_fn(logits, torch.from_numpy(labels[rows]))
                 optimizer.zero_grad()
                 loss.backward()
@@ -159,7 +154,7 @@ def train(
                 schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-            valid_logits = predict(model, tokenizer, valid_inputs, calibrated=False)
+            valid_logits = predict(model, tokenizer, valid_events, calibrated=False)
             auc = float(roc_auc_score(valid_labels, valid_logits))
             history.append({"epoch": epoch + 1, "valid_roc_auc": round(auc, 4)})
             bar.write(f"epoch {epoch + 1}: valid ROC-AUC {auc:.4f}")
@@ -172,9 +167,9 @@ def train(
     model.load_state_dict(best_state)
     fit_calibration(model, best_logits, valid_labels)
 
-    test_inputs, test_labels = inputs_of(examples["test"]), labels_of(examples["test"])
-    test_logits = predict(model, tokenizer, test_inputs, calibrated=False)
-    test_probabilities = predict(model, tokenizer, test_inputs)
+    test_events, test_labels = events_of(examples["test"]), labels_of(examples["test"])
+    test_logits = predict(model, tokenizer, test_events, calibrated=False)
+    test_probabilities = predict(model, tokenizer, test_events)
     model.save(out_dir)
     summary = {
         "profile": asdict(profile),

@@ -18,17 +18,12 @@ from tritonclient.grpc import model_config_pb2
 import ubm.contract
 import ubm.records
 from ubm import contract
-from ubm_build.inputs import behaviour_text, features
+from ubm_build.inputs import behaviour_text, features, model_inputs
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
 ENCODED = "encoded"
 """The ensemble's internal name for the encoder's output (see `contract.HEAD_EMBEDDING`)."""
-VOCAB_SIZE_PARAMETER = "vocab_size"
-"""Encoder config parameter: token ids must lie in [0, vocab_size). `onnx_model.py` runs inside
-Triton, where it cannot import this module, so it repeats the name; a unit test compares them."""
-MAX_LENGTH_PARAMETER = "max_length"
-"""Preprocess and encoder config parameter: the longest token sequence."""
 MAX_QUEUE_WAIT_US = 300_000_000
 """Longest time a request waits in one model's queue before Triton rejects it (5 minutes).
 
@@ -118,7 +113,11 @@ def _onnx_model(
     if spec.target is Target.CPU_PYTHON:
         config["backend"] = "python"
         config["parameters"] = _string_parameters(
-            {"intra_op_threads": threads, "rows_per_run": rows_per_run, **(limits or {})}
+            {
+                contract.PARAM_INTRA_OP_THREADS: threads,
+                contract.PARAM_ROWS_PER_RUN: rows_per_run,
+                **(limits or {}),
+            }
         )
     else:
         config["platform"] = "onnxruntime_onnx"
@@ -160,9 +159,9 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "output_map": outputs,
         }
 
-    encoder_limits = {MAX_LENGTH_PARAMETER: spec.max_length}
+    encoder_limits = {contract.PARAM_MAX_LENGTH: spec.max_length}
     if spec.vocab_size is not None:
-        encoder_limits[VOCAB_SIZE_PARAMETER] = spec.vocab_size
+        encoder_limits[contract.PARAM_VOCAB_SIZE] = spec.vocab_size
     tokens = {
         contract.INPUT_IDS: contract.INPUT_IDS,
         contract.ATTENTION_MASK: contract.ATTENTION_MASK,
@@ -201,7 +200,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             "output": [*token_outputs, feature_tensor],
             "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
             "dynamic_batching": _dynamic_batching(spec),
-            "parameters": _string_parameters({MAX_LENGTH_PARAMETER: spec.max_length}),
+            "parameters": _string_parameters({contract.PARAM_MAX_LENGTH: spec.max_length}),
         },
         contract.ENCODER: _onnx_model(
             contract.ENCODER,
@@ -255,7 +254,7 @@ def write_repository(
 
     preprocess = out / contract.PREPROCESS / "1"
     shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
-    for module in (ubm.records, ubm.contract, behaviour_text, features):
+    for module in (ubm.records, ubm.contract, behaviour_text, features, model_inputs):
         shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
     shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
@@ -276,3 +275,18 @@ def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:
         if candidate.read_bytes() == content:
             return candidate.stem.removeprefix("encoder-")
     return None
+
+
+def served_parameter(repository_dir: Path, model: str, key: str) -> int | None:
+    """An integer parameter of `model`'s config in a written repository (None if it has none).
+
+    Args:
+        repository_dir: the model repository.
+        model: the model's name, e.g. ``contract.ENCODER``.
+        key: one of the ``contract.PARAM_*`` names.
+    """
+    path = repository_dir / model / "config.pbtxt"
+    if not path.is_file():
+        return None
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return int(config.parameters[key].string_value) if key in config.parameters else None

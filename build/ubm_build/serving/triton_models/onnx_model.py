@@ -37,11 +37,6 @@ except ImportError:  # imported outside Triton (tests)
 
 MAX_ERROR_CHARS = 512
 """Error messages are cut to this many characters (gRPC refuses long status messages)."""
-VOCAB_SIZE_PARAMETER = "vocab_size"
-"""Config parameter: token ids must lie in [0, vocab_size). Same name as
-`ubm_build.serving.repository.VOCAB_SIZE_PARAMETER`, which this file cannot import inside Triton."""
-MAX_LENGTH_PARAMETER = "max_length"
-"""Config parameter: the longest token sequence accepted (as `repository.MAX_LENGTH_PARAMETER`)."""
 
 
 class RequestError(ValueError):
@@ -114,8 +109,8 @@ class TritonPythonModel:
         self.name = config.get("name", "model")
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
-        self.rows_per_run = int(params.get("rows_per_run", "0"))
+        options.intra_op_num_threads = int(params.get(contract.PARAM_INTRA_OP_THREADS, "0"))
+        self.rows_per_run = int(params.get(contract.PARAM_ROWS_PER_RUN, "0"))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
@@ -125,13 +120,13 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         self.tokens = contract.INPUT_IDS in self.inputs
         if self.tokens:
-            if VOCAB_SIZE_PARAMETER not in params or MAX_LENGTH_PARAMETER not in params:
+            if contract.PARAM_VOCAB_SIZE not in params or contract.PARAM_MAX_LENGTH not in params:
                 raise ValueError(
                     f"a model with {contract.INPUT_IDS} needs the config parameters"
-                    f" {VOCAB_SIZE_PARAMETER} and {MAX_LENGTH_PARAMETER}"
+                    f" {contract.PARAM_VOCAB_SIZE} and {contract.PARAM_MAX_LENGTH}"
                 )
-            self.vocab_size = int(params[VOCAB_SIZE_PARAMETER])
-            self.max_length = int(params[MAX_LENGTH_PARAMETER])
+            self.vocab_size = int(params[contract.PARAM_VOCAB_SIZE])
+            self.max_length = int(params[contract.PARAM_MAX_LENGTH])
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; a request's failure is its own."""

@@ -1,8 +1,9 @@
 """Triton python-backend model `preprocess`: JSON records -> token ids and session features.
 
 The build copies this file to ``preprocess/1/model.py`` together with ``records.py``,
-``behaviour_text.py`` and ``features.py`` (the exact modules training used), ``contract.py`` and
-the model's ``tokenizer.json``; the python backend puts that directory on ``sys.path``.
+``model_inputs.py``, ``behaviour_text.py`` and ``features.py`` (the exact modules training used),
+``contract.py`` and the model's ``tokenizer.json``; the python backend puts that directory on
+``sys.path``.
 
 Each request of a dynamic batch is answered on its own: a bad record fails its own request with
 INVALID_ARG and ``record <i>: <why>`` (cut to `MAX_ERROR_CHARS`), an unexpected failure fails it
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import contract
 import numpy as np
-from behaviour_text import encode_events
-from features import feature_matrix
+from model_inputs import ModelInputs, model_inputs
 from records import RecordError, parse_record_json
 from tokenizers import Tokenizer
 
@@ -49,26 +49,31 @@ def events_of(rows: np.ndarray) -> list:
     return events
 
 
-def features_of(events: list) -> np.ndarray:
-    """`feature_matrix` of the records' events; RecordError names a record that breaks it.
+def inputs_of(tokenizer, events: list, max_length: int) -> ModelInputs:
+    """`model_inputs` of the records' events; RecordError names a record that breaks it.
 
-    Valid records can still hold values the feature code cannot handle (a `ts` in milliseconds
-    is beyond `datetime`'s range); such a record fails, not the server.
+    A record can pass the schema and still hold what the feature or tokenizer code cannot
+    take. When the request fails, each record is tried alone: a failure that only some records
+    have is theirs (RecordError); one that every record shares is the server's (re-raised).
     """
     try:
-        matrix = feature_matrix(events)
+        inputs = model_inputs(tokenizer, events, max_length)
     except Exception:
-        for i, record_events in enumerate(events):
-            try:
-                feature_matrix([record_events])
-            except Exception as e:
-                name = type(e).__name__
-                raise RecordError(f"record {i}: its events cannot be processed ({name})") from e
+        if len(events) > 1:
+            failures = []
+            for i, record_events in enumerate(events):
+                try:
+                    model_inputs(tokenizer, [record_events], max_length)
+                except Exception as e:
+                    failures.append((i, type(e).__name__))
+            if failures and len(failures) < len(events):
+                i, name = failures[0]
+                raise RecordError(f"record {i}: its events cannot be processed ({name})") from None
         raise
-    finite = np.isfinite(matrix).all(axis=1)
+    finite = np.isfinite(inputs.features).all(axis=1)
     if not finite.all():
         raise RecordError(f"record {int(np.argmin(finite))}: its events give non-finite features")
-    return matrix
+    return inputs
 
 
 def error_response(message: str, code: int):
@@ -80,7 +85,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         """Load the tokenizer; `max_length` comes from the config's parameters."""
         config = json.loads(args["model_config"])
-        self.max_length = int(config["parameters"]["max_length"]["string_value"])
+        self.max_length = int(config["parameters"][contract.PARAM_MAX_LENGTH]["string_value"])
         self.tokenizer = Tokenizer.from_file(str(Path(__file__).with_name("tokenizer.json")))
 
     def execute(self, requests: list) -> list:
@@ -93,9 +98,7 @@ class TritonPythonModel:
             return error_response("request cancelled", pb_utils.TritonError.CANCELLED)
         try:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
-            events = events_of(rows)
-            features = features_of(events)  # before tokenizing: cheaper, and fails more often
-            ids, mask = encode_events(self.tokenizer, events, self.max_length)
+            inputs = inputs_of(self.tokenizer, events_of(rows), self.max_length)
         except RecordError as e:
             return error_response(str(e), pb_utils.TritonError.INVALID_ARG)
         except Exception:
@@ -106,8 +109,8 @@ class TritonPythonModel:
             )
         return pb_utils.InferenceResponse(
             [
-                pb_utils.Tensor(contract.INPUT_IDS, ids),
-                pb_utils.Tensor(contract.ATTENTION_MASK, mask),
-                pb_utils.Tensor(contract.FEATURES, features),
+                pb_utils.Tensor(contract.INPUT_IDS, inputs.ids),
+                pb_utils.Tensor(contract.ATTENTION_MASK, inputs.mask),
+                pb_utils.Tensor(contract.FEATURES, inputs.features),
             ]
         )
