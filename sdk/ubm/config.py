@@ -12,7 +12,7 @@ DEFAULT_TIMEOUT_S = 30.0
 """The limit for each call to the server, per attempt."""
 DEFAULT_RETRY_DEADLINE_S = 60.0
 """How long a call keeps being retried while the server is unreachable: long enough to ride out a
-restart of the server (10 to 20 s for the python-backend models, more on a busy machine)."""
+restart of the server, whose python-backend models take several seconds to load (README)."""
 DEFAULT_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 2.0
 DEFAULT_COOLDOWN_S = 5.0

@@ -162,7 +162,7 @@ def quantize_int8_static(
     """Static int8 of the weight MatMuls (query, key, value, attention output, both FFN layers).
 
     Activations: uint8, one scale per tensor fixed from its min/max over `calibration` (the
-    percentile and entropy methods did no better on the quick model). Weights: int8, one scale
+    README compares it with the percentile and entropy methods). Weights: int8, one scale
     per output channel. Attention's activation-by-activation MatMuls, LayerNorm, GELU, softmax
     and the MatMul outputs stay fp32. `fuse` rewrites the graph with `_fuse_int8_matmuls`.
     """

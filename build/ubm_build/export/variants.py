@@ -5,7 +5,7 @@ Encoder variants (the head, a few thousand weights, stays fp32 in all of them):
 - ``fp32``: the plain ONNX export.
 - ``ort-optimized``: ONNX Runtime's transformer optimiser (fused LayerNorm, GELU, ...), fp32.
 - ``int8-static``: static quantisation of the weight MatMuls: int8 weights with per-channel
-  scales (per-tensor scales moved MiniLM's embedding much further from PyTorch's), uint8
+  scales (per-tensor scales move the embedding much further from PyTorch's), uint8
   activations whose scales are fixed in the graph, calibrated on train-window records.
 - ``int8-dynamic``: ONNX Runtime's dynamic quantisation, exported for comparison only and never
   served. DynamicQuantizeLinear computes each activation's scale over the whole run tensor, all
@@ -55,9 +55,9 @@ FP32_BATCH_BOUND = 1e-6
 """Largest tolerated |p alone - p in a batch| of an fp32 variant: float rounding only."""
 INT8_BATCH_BOUND = 1e-6
 """The same for an int8 variant. With static scales an int8 record's arithmetic does not depend
-on its batch either: the quick model's int8-static measured 9e-8 over all 1,809 test records,
-as fp32 did, and int8-dynamic 1.3e-3. Kept apart from the fp32 bound so that it can be loosened
-if float rounding ever moves an activation across a quantisation step by more."""
+on its batch either, so it is held to fp32's bound (the figures are in the model card). Kept
+apart from the fp32 bound so that it can be loosened if float rounding ever moves an activation
+across a quantisation step."""
 SERVED_ROWS_PER_RUN = 8
 """Records per encoder run in the batch-dependence check, as the served encoder runs them."""
 

@@ -145,8 +145,8 @@ def _fit_logistic(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Pipelin
 
 
 def _fit_lightgbm(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> lgb.LGBMClassifier:
-    # One thread: on a busy 2-core machine, OpenMP threads spin-waiting on each other made two
-    # threads 5-50x slower than one (0.6 s) for these 8.5k rows.
+    # One thread: the rows are few, and OpenMP threads spin-waiting on each other on a busy
+    # machine cost far more than they save.
     model = lgb.LGBMClassifier(
         **LGBM_PARAMS, random_state=SEED, n_jobs=1, deterministic=True, verbose=-1
     )

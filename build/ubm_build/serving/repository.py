@@ -44,7 +44,7 @@ class Target(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class Tuning:
-    """Serving knobs; the defaults measured fastest on a 2-core CPU (README, Performance)."""
+    """Serving knobs; the defaults are the fastest that `make tune` found (README, Performance)."""
 
     encoder_instances: int = 1
     encoder_threads: int = 0
