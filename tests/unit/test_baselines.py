@@ -1,4 +1,5 @@
-"""Logistic regression and LightGBM baselines on the real time split."""
+"""The baselines' features on hand-made examples (trained on the real time split:
+tests/integration/test_baseline_quality.py)."""
 
 import math
 
@@ -8,47 +9,7 @@ import pytest
 from ubm.records import Event
 from ubm_build.data import Example
 from ubm_build.inputs.features import FEATURE_NAMES
-from ubm_build.model.baselines import POPULARITY_NAMES, Popularity, design_matrix, run_baselines
-from ubm_build.model.quality import evaluate
-
-
-@pytest.fixture(scope="module")
-def results(examples):
-    return run_baselines(examples)
-
-
-def test_both_baselines_rank_the_test_window_better_than_chance(examples, results):
-    labels = np.array([ex.label for ex in examples["test"]])
-    for name, result in results.items():
-        metrics = evaluate(labels, result.test_probabilities, uncalibrated=result.test_uncalibrated)
-        print(name, f"best_iteration={result.best_iteration}", metrics.to_dict())
-        assert metrics.roc_auc > 0.6
-        assert metrics.pr_auc > labels.mean()
-        assert metrics.ece < 0.05
-
-
-def test_scores_cover_the_windows_and_probabilities_are_probabilities(examples, results):
-    assert list(results) == ["logistic_regression", "lightgbm"]
-    for result in results.values():
-        assert result.valid_scores.shape == (len(examples["valid"]),)
-        assert result.test_scores.shape == result.test_probabilities.shape
-        assert result.test_probabilities.shape == (len(examples["test"]),)
-        assert ((result.test_probabilities > 0) & (result.test_probabilities < 1)).all()
-    assert results["lightgbm"].best_iteration > 0
-    assert results["logistic_regression"].best_iteration is None
-
-
-def test_runs_are_deterministic(examples, results):
-    again = run_baselines(examples)
-    for name, result in results.items():
-        np.testing.assert_array_equal(result.test_probabilities, again[name].test_probabilities)
-
-
-def test_design_matrix_is_own_features_then_popularity(examples):
-    popularity = Popularity(examples["train"])
-    matrix = design_matrix(examples["valid"][:50], popularity)
-    assert matrix.shape == (50, len(FEATURE_NAMES) + len(POPULARITY_NAMES))
-    assert np.isfinite(matrix).all()
+from ubm_build.model.baselines import POPULARITY_NAMES, Popularity, design_matrix
 
 
 def _example(user: str, *events: tuple[int, str, str]) -> Example:
@@ -69,3 +30,26 @@ def test_popularity_leaves_the_examples_own_user_out():
         row = popularity.features(_example(user, (0, "view", "a")))
         assert row[buys] == pytest.approx(math.log1p(expected_buys))
         assert row[events] == pytest.approx(math.log1p(expected_events))
+
+
+def test_design_matrix_is_own_features_then_popularity():
+    popularity = Popularity([_example("u1", (0, "view", "a"), (10, "buy", "a"))])
+    rows = [
+        _example("u2", (0, "view", "b"), (60, "view", "a")),
+        Example("u3", (Event(0, "cart", "d", "unseen"),), 0, "", 0),
+    ]
+    matrix = design_matrix(rows, popularity)
+    assert matrix.shape == (2, len(FEATURE_NAMES) + len(POPULARITY_NAMES))
+    assert matrix.dtype == np.float64
+    assert np.isfinite(matrix).all()
+    own, extra = matrix[:, : len(FEATURE_NAMES)], matrix[:, len(FEATURE_NAMES) :]
+    assert own[:, FEATURE_NAMES.index("session_events")] == pytest.approx(
+        [math.log1p(2), math.log1p(1)]
+    )
+    assert own[:, FEATURE_NAMES.index("session_cart")] == pytest.approx([0, math.log1p(1)])
+    assert extra[:, POPULARITY_NAMES.index("last_item_train_events")] == pytest.approx(
+        [math.log1p(2), 0]  # u1's view and purchase of "a"
+    )
+    assert extra[:, POPULARITY_NAMES.index("last_item_train_buys")] == pytest.approx(
+        [math.log1p(1), 0]
+    )

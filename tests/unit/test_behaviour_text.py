@@ -1,8 +1,14 @@
+"""Behaviour text and its tokens, on hand-made events (on every real test record:
+tests/integration/test_real_examples.py)."""
+
+import random
+
 import numpy as np
 import pytest
 
 from ubm.records import Event
 from ubm_build.inputs.behaviour_text import (
+    EVENT_TYPES,
     PAD_MULTIPLE,
     SESSION_GAP_S,
     behaviour_text,
@@ -73,9 +79,27 @@ def test_a_word_budget_cuts_the_text_at_an_event_boundary():
     assert behaviour_text(evs, max_words=10_000) == full
 
 
+def varied_sequences(n: int, seed: int = 0) -> list[list[Event]]:
+    """`n` sequences of 1 to 90 events (more than the 64 ever rendered): pauses short and long,
+    ids of 1 to 9 digits, some events without a category."""
+    rng = random.Random(seed)
+    sequences = []
+    for _ in range(n):
+        ts, sequence = 1_512_172_800, []
+        for _ in range(rng.randint(1, 90)):
+            ts += rng.choice([0, 5, 60, 600, SESSION_GAP_S + 1, 86_400])
+            item = str(rng.randrange(10 ** rng.randint(1, 9)))
+            category = rng.choice(["", str(rng.randrange(10**7))])
+            sequence.append(Event(ts, rng.choice(EVENT_TYPES), item, category))
+        sequences.append(sequence)
+    return sequences
+
+
 @pytest.mark.parametrize("max_length", [16, 64, 96])
-def test_encoding_the_events_matches_tokenizing_the_full_text(tokenizer, examples, max_length):
-    sequences = [ex.events for ex in examples["test"]]
+def test_encoding_the_events_matches_tokenizing_the_full_text(tokenizer, max_length):
+    sequences = [events((0, "view")), *varied_sequences(60)]  # a single event is never cut
+    cut = [behaviour_text(s, max_words=max_length) != behaviour_text(s) for s in sequences]
+    assert any(cut) and not all(cut), "the test needs texts that are cut and texts that are not"
     expected = tokenize(tokenizer, [behaviour_text(s) for s in sequences], max_length)
     got = encode_events(tokenizer, sequences, max_length)
     np.testing.assert_array_equal(got[0], expected[0])

@@ -1,48 +1,75 @@
-"""The dataset: sessions, labels and time windows, on the real Taobao events."""
+"""The dataset: sessions, labels and time windows, on hand-made events and a tiny CSV.
 
-from ubm.records import Event
-from ubm_build import data
+The same rules on the whole Taobao CSV: tests/integration/test_real_examples.py.
+"""
+
+from pathlib import Path
+
+from ubm.records import Event, parse_record
+from ubm_build import data, steps
 from ubm_build.inputs.behaviour_text import SESSION_GAP_S
 
+TRAIN, VALID, TEST = (data.WINDOWS[name][0] for name in ("train", "valid", "test"))
+T = TRAIN + 10 * 3600  # a train-window session
+V = VALID + 10 * 3600  # a valid-window session
+S = TEST + 3600  # a test-window session, an hour after one that crosses into the test day
+TINY_CSV = [  # user, item, category, behaviour, ts; out of time order, as a log may be
+    ("2", "20", "200", "pv", S),
+    ("1", "11", "100", "fav", V + 300),
+    ("1", "10", "100", "buy", T + 120),
+    ("1", "9", "90", "pv", TRAIN - 100),  # before the data window: dropped
+    ("2", "21", "200", "pv", TEST - 60),  # this session crosses the valid/test boundary
+    ("1", "10", "100", "pv", T),
+    ("2", "21", "200", "pv", TEST + 60),
+    ("1", "11", "100", "pv", V),
+    ("1", "10", "100", "cart", T + 60),
+    ("2", "20", "200", "buy", S + 30),
+]
+USER_1 = [
+    Event(T, "view", "10", "100"),
+    Event(T + 60, "cart", "10", "100"),
+    Event(T + 120, "buy", "10", "100"),
+    Event(V, "view", "11", "100"),
+    Event(V + 300, "fav", "11", "100"),
+]
+USER_2 = [
+    Event(TEST - 60, "view", "21", "200"),
+    Event(TEST + 60, "view", "21", "200"),
+    Event(S, "view", "20", "200"),
+    Event(S + 30, "buy", "20", "200"),
+]
 
-def test_counts_match_the_published_data(examples):
-    total = sum(len(v) for v in examples.values())
-    positives = sum(ex.label for v in examples.values() for ex in v)
-    # README: 11,814 usable sessions, 733 with a purchase; a few dozen cross a window boundary.
-    assert 11_700 <= total <= 11_814
-    assert 720 <= positives <= 733
-    assert {name: len(v) > 1000 for name, v in examples.items()} == dict.fromkeys(
-        data.WINDOWS, True
-    )
+
+def write_csv(path: Path, rows: list[tuple[str, str, str, str, int]]) -> Path:
+    path.write_text("".join(",".join(map(str, row)) + "\n" for row in rows))
+    return path
 
 
-def test_no_event_at_or_after_the_prediction_point(examples):
-    for window in examples.values():
-        for ex in window:
-            assert all(e.ts < ex.prediction_ts for e in ex.events)
-            if ex.label:
-                assert all(e.type != "buy" for e in ex.events[-1:])
+def test_read_events_orders_each_users_events_and_drops_those_before_the_data(tmp_path):
+    assert data.read_events(write_csv(tmp_path / "events.csv", TINY_CSV)) == {
+        "1": USER_1,
+        "2": USER_2,
+    }
 
 
-def test_sessions_stay_inside_their_window(examples):
-    for name, window in examples.items():
+def test_load_examples_gives_one_example_per_session_in_its_window(tmp_path):
+    by_window = steps.load_examples(write_csv(tmp_path / "events.csv", TINY_CSV))
+    assert by_window == {
+        "train": [data.Example("1", tuple(USER_1[:2]), 1, "train", T + 120)],
+        # history (the train session, its purchase included), then the session: no purchase
+        "valid": [data.Example("1", tuple(USER_1), 0, "valid", V + 301)],
+        # the boundary session gives no example but is history; the purchase is not seen
+        "test": [data.Example("2", tuple(USER_2[:3]), 1, "test", S + 30)],
+    }
+    for name, window in by_window.items():
         start, end = data.WINDOWS[name]
         for ex in window:
             assert start <= ex.prediction_ts <= end
-            assert ex.window == name
-
-
-def test_windows_are_ordered_in_time(examples):
-    assert max(ex.prediction_ts for ex in examples["train"]) <= min(
-        ex.prediction_ts for ex in examples["valid"]
-    )
-    assert max(ex.prediction_ts for ex in examples["valid"]) <= min(
-        ex.prediction_ts for ex in examples["test"]
-    )
+            assert all(e.ts < ex.prediction_ts for e in ex.events)
 
 
 def _ev(ts: int, kind: str) -> Event:
-    return Event(ts=data.WINDOWS["train"][0] + ts, type=kind, item="1", category="2")
+    return Event(ts=TRAIN + ts, type=kind, item="1", category="2")
 
 
 def test_labels_and_cut_at_first_purchase():
@@ -77,10 +104,17 @@ def test_session_crossing_a_window_boundary_is_dropped():
     assert list(data.user_examples("u", events)) == []
 
 
-def test_records_follow_the_schema(examples):
-    from ubm.records import parse_record
-
-    record = examples["test"][0].to_record()
-    parsed = parse_record(record)
-    assert parsed.events == examples["test"][0].events
-    assert record["window"] == "test"
+def test_records_follow_the_schema():
+    events = (Event(S, "view", "20", "200"), Event(S + 10, "cart", "20", ""))
+    example = data.Example("2", events, 1, "test", S + 30)
+    record = example.to_record()
+    assert record == {
+        "id": f"u2-{S + 30}",
+        "events": [
+            {"ts": S, "type": "view", "item": "20", "category": "200"},
+            {"ts": S + 10, "type": "cart", "item": "20", "category": ""},
+        ],
+        "label": 1,
+        "window": "test",
+    }
+    assert parse_record(record).events == events

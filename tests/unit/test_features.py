@@ -1,4 +1,7 @@
-"""Hand-made session features: shape, determinism, hand-checked values, flat-directory import."""
+"""Session features of hand-made events: names, hand-checked values, flat-directory import.
+
+On every real example: tests/integration/test_real_examples.py.
+"""
 
 import json
 import math
@@ -11,9 +14,10 @@ import numpy as np
 import pytest
 
 from ubm.records import Event
+from ubm_build.data import Example
 from ubm_build.inputs import behaviour_text, features
 from ubm_build.inputs.behaviour_text import SESSION_GAP_S
-from ubm_build.inputs.features import CHINA, FEATURE_NAMES, feature_matrix, session_features
+from ubm_build.inputs.features import CHINA, FEATURE_NAMES, session_features
 
 # Saturday 2017-12-02, 10:00 China time.
 T0 = int(datetime(2017, 12, 2, 10, tzinfo=CHINA).timestamp())
@@ -28,6 +32,43 @@ SESSION = [
     Event(ts=T0 + 180, type="fav", item="c", category="y"),
     Event(ts=T0 + 300, type="view", item="c", category="y"),
 ]
+log = math.log1p
+HAND_CHECKED = {
+    "session_events": log(4),
+    "session_view": log(3),
+    "session_cart": 0.0,
+    "session_fav": log(1),
+    "session_buy": 0.0,
+    "session_distinct_items": log(2),
+    "session_distinct_categories": log(2),
+    "session_duration_s": log(300),
+    "session_mean_gap_s": log(100),
+    "last_gap_s": log(120),
+    "last_is_cart": 0.0,
+    "last_is_fav": 0.0,
+    "last_item_session_events": log(3),
+    "last_category_session_share": 0.75,
+    "hour_sin": math.sin(2 * math.pi * (10 + 5 / 60) / 24),  # 10:05
+    "hour_cos": math.cos(2 * math.pi * (10 + 5 / 60) / 24),
+    "weekday_sin": math.sin(2 * math.pi * 5 / 7),  # Saturday
+    "weekday_cos": math.cos(2 * math.pi * 5 / 7),
+    "history_events": log(3),
+    "history_view": log(1),
+    "history_cart": log(1),
+    "history_fav": 0.0,
+    "history_buy": log(1),
+    "since_history_s": log(7000),
+    "session_items_seen_in_history": log(1),  # a
+    "intent_items_revisited": log(2),  # a (carted before), the last c (faved before)
+    "last_item_intent_before": 1.0,
+    "last_item_bought_in_history": 0.0,
+    "last_category_bought_in_history": 1.0,  # b was bought in y
+}
+"""The features of HISTORY + SESSION, worked out by hand."""
+
+
+def named(row: np.ndarray) -> dict[str, float]:
+    return dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
 
 
 def test_feature_names_are_unique_and_about_two_dozen():
@@ -35,57 +76,15 @@ def test_feature_names_are_unique_and_about_two_dozen():
     assert 20 <= len(FEATURE_NAMES) <= 30
 
 
-def test_real_examples_give_finite_tame_float32_rows(examples):
-    sequences = [ex.events for window in examples.values() for ex in window]
-    matrix = feature_matrix(sequences)
-    assert matrix.shape == (len(sequences), len(FEATURE_NAMES))
-    assert matrix.dtype == np.float32
-    assert np.isfinite(matrix).all()
-    assert np.abs(matrix).max() < 20  # log1p-scaled: no raw seconds or counts
-
-
-def test_features_depend_only_on_the_events_and_are_deterministic(examples):
-    ex = examples["test"][0]
-    rebuilt = [Event(**event) for event in ex.to_record()["events"]]
-    np.testing.assert_array_equal(session_features(ex.events), session_features(rebuilt))
-    np.testing.assert_array_equal(session_features(ex.events), session_features(ex.events))
+def test_the_events_of_a_record_give_the_hand_checked_features():
+    """Through `Example.to_record` and back: the record keeps all the features read."""
+    example = Example("u", (*HISTORY, *SESSION), 0, "test", SESSION[-1].ts + 1)
+    rebuilt = [Event(**event) for event in example.to_record()["events"]]
+    assert named(session_features(rebuilt)) == pytest.approx(HAND_CHECKED, abs=1e-6)
 
 
 def test_hand_made_events():
-    values = dict(zip(FEATURE_NAMES, session_features(HISTORY + SESSION), strict=True))
-    log = math.log1p
-    expected = {
-        "session_events": log(4),
-        "session_view": log(3),
-        "session_cart": 0.0,
-        "session_fav": log(1),
-        "session_buy": 0.0,
-        "session_distinct_items": log(2),
-        "session_distinct_categories": log(2),
-        "session_duration_s": log(300),
-        "session_mean_gap_s": log(100),
-        "last_gap_s": log(120),
-        "last_is_cart": 0.0,
-        "last_is_fav": 0.0,
-        "last_item_session_events": log(3),
-        "last_category_session_share": 0.75,
-        "hour_sin": math.sin(2 * math.pi * (10 + 5 / 60) / 24),  # 10:05
-        "hour_cos": math.cos(2 * math.pi * (10 + 5 / 60) / 24),
-        "weekday_sin": math.sin(2 * math.pi * 5 / 7),  # Saturday
-        "weekday_cos": math.cos(2 * math.pi * 5 / 7),
-        "history_events": log(3),
-        "history_view": log(1),
-        "history_cart": log(1),
-        "history_fav": 0.0,
-        "history_buy": log(1),
-        "since_history_s": log(7000),
-        "session_items_seen_in_history": log(1),  # a
-        "intent_items_revisited": log(2),  # a (carted before), the last c (faved before)
-        "last_item_intent_before": 1.0,
-        "last_item_bought_in_history": 0.0,
-        "last_category_bought_in_history": 1.0,  # b was bought in y
-    }
-    assert values == pytest.approx(expected, abs=1e-6)
+    assert named(session_features(HISTORY + SESSION)) == pytest.approx(HAND_CHECKED, abs=1e-6)
 
 
 def test_a_single_event_has_no_gaps_and_no_history():
@@ -109,6 +108,7 @@ def test_no_events_is_an_error():
 
 def test_runs_from_a_flat_directory_next_to_behaviour_text(tmp_path):
     """As in a Triton model directory: no ubm_build package, the two files side by side."""
+    events = HISTORY + SESSION
     for module in (features, behaviour_text):
         shutil.copy2(module.__file__, tmp_path)
     script = (
@@ -116,10 +116,10 @@ def test_runs_from_a_flat_directory_next_to_behaviour_text(tmp_path):
         "from collections import namedtuple\n"
         "import features\n"
         "E = namedtuple('E', 'ts type item category')\n"
-        f"events = [E(*e) for e in {[(e.ts, e.type, e.item, e.category) for e in SESSION]}]\n"
+        f"events = [E(*e) for e in {[(e.ts, e.type, e.item, e.category) for e in events]}]\n"
         "print(json.dumps(features.session_features(events).tolist()))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
-    np.testing.assert_array_equal(json.loads(out), session_features(SESSION))
+    assert named(np.array(json.loads(out))) == pytest.approx(HAND_CHECKED, abs=1e-6)

@@ -9,18 +9,36 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
-from ubm_build import export
-from ubm_build.inputs import behaviour_text, features
-from ubm_build.inputs.behaviour_text import encode_events
+from ubm_build.inputs import behaviour_text, features, model_inputs
+from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository
 from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 VOCAB_SIZE = 30522
+"""The vocabulary of the packaged base model's tokenizer."""
+GRAPHS = {contract.ENCODER: b"encoder placeholder", contract.HEAD: b"head placeholder"}
+"""`write_repository` copies the graphs without reading them."""
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(tmp_path: Path, vocab_size: int | None = None) -> Path:
+    """`write_repository` with the packaged tokenizer and placeholder graphs."""
+    for name, content in GRAPHS.items():
+        (tmp_path / f"{name}.onnx").write_bytes(content)
+    spec = repository.RepositorySpec(
+        max_length=64, hidden_size=32, n_features=29, vocab_size=vocab_size
+    )
+    return repository.write_repository(
+        tmp_path / "repository",
+        spec,
+        tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
+        encoder_onnx=tmp_path / f"{contract.ENCODER}.onnx",
+        head_onnx=tmp_path / f"{contract.HEAD}.onnx",
+    )
 
 
 def test_configs_match_golden_files():
@@ -40,13 +58,15 @@ def test_onnxruntime_target_uses_the_native_backend():
     assert "backend" not in encoder
 
 
-def test_repository_serves_the_training_code(tiny_repository):
-    preprocess = tiny_repository / contract.PREPROCESS / "1"
-    for module in (behaviour_text, features):
+def test_repository_serves_the_training_code(tmp_path):
+    out = write(tmp_path)
+    preprocess = out / contract.PREPROCESS / "1"
+    for module in (behaviour_text, features, model_inputs):
         source = Path(module.__file__)
         assert sha256(preprocess / source.name) == sha256(source), source.name
-    assert {p.name for p in tiny_repository.iterdir()} >= set(repository.MODELS)
-    assert (tiny_repository / contract.ENCODER / "1" / "model.onnx").exists()
+    assert {p.name for p in out.iterdir()} >= set(repository.MODELS)
+    for name in (contract.ENCODER, contract.HEAD):
+        assert (out / name / "1" / "model.onnx").read_bytes() == GRAPHS[name], name
 
 
 def test_tuning_reaches_the_configs():
@@ -97,33 +117,46 @@ def test_the_cpu_target_needs_the_vocabulary_size():
         repository.model_configs(spec)
 
 
-def test_the_vocabulary_size_comes_from_the_tokenizer(tiny_repository, tokenizer):
-    pbtxt = (tiny_repository / contract.ENCODER / "config.pbtxt").read_text()
+def test_the_vocabulary_size_comes_from_the_tokenizer(tmp_path):
+    out = write(tmp_path)
+    pbtxt = (out / contract.ENCODER / "config.pbtxt").read_text()
     config = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    assert config.parameters[contract.PARAM_VOCAB_SIZE].string_value == str(vocab)
+    assert config.parameters[contract.PARAM_VOCAB_SIZE].string_value == str(VOCAB_SIZE)
     for name in (contract.ENCODER, contract.HEAD):
-        assert (tiny_repository / name / "1" / "contract.py").is_file(), name
+        assert (out / name / "1" / "contract.py").is_file(), name
 
 
-def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path, tiny_model, tiny_onnx):
-    _, model_dir = tiny_model
-    spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=29, vocab_size=10)
-    with pytest.raises(ValueError, match="smaller than the tokenizer"):
-        repository.write_repository(
-            tmp_path,
-            spec,
-            tokenizer_json=model_dir / "tokenizer.json",
-            encoder_onnx=tiny_onnx[0],
-            head_onnx=tiny_onnx[1],
-        )
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match=f"vocab_size 10 is smaller than the tokenizer's {VOCAB_SIZE}"
+    ):
+        write(tmp_path, vocab_size=10)
+    assert not (tmp_path / "repository").exists()
 
 
-def test_running_in_slices_gives_the_same_outputs(tiny_onnx, tokenizer, examples):
-    session = export.ort_session(tiny_onnx[0])
-    ids, mask = encode_events(tokenizer, [ex.events for ex in examples["test"][:13]], 64)
+class RowSumSession:
+    """Stands in for an ONNX Runtime session: each row's sum of attended ids; counts the rows
+    of each run."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        assert outputs == [contract.EMBEDDING]
+        ids, mask = feeds[contract.INPUT_IDS], feeds[contract.ATTENTION_MASK]
+        self.runs.append(len(ids))
+        return [(ids * mask).sum(axis=1, keepdims=True)]
+
+
+@pytest.mark.parametrize(
+    ("rows_per_run", "runs"),
+    [(0, [13]), (1, [1] * 13), (4, [4, 4, 4, 1]), (13, [13]), (100, [13])],
+)
+def test_running_in_slices_gives_the_same_outputs(rows_per_run, runs):
+    ids = np.arange(13 * 3).reshape(13, 3)
+    mask = np.tile([1, 1, 0], (13, 1))
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-    whole = session.run([contract.EMBEDDING], feeds)[0]
-    for rows_per_run in (0, 1, 4, 13, 100):
-        sliced = run_in_slices(session, [contract.EMBEDDING], feeds, rows_per_run)[0]
-        np.testing.assert_allclose(sliced, whole, atol=1e-5)
+    session = RowSumSession()
+    (sliced,) = run_in_slices(session, [contract.EMBEDDING], feeds, rows_per_run)
+    np.testing.assert_array_equal(sliced, [[6 * row + 1] for row in range(13)])  # 3r + 3r+1
+    assert session.runs == runs
