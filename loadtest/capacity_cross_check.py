@@ -27,27 +27,28 @@ def perf_analyzer_check(
     why (``skipped`` or ``failed``) and the capacity result stands.
     """
     from ubm_build.bench import perf_analyzer
+    from ubm_build.bench.workload import read_lines
 
     problem = perf_analyzer.problem()
     if problem:
         log(f"perf_analyzer cross-check skipped: {problem}")
         return {"skipped": problem}
-    records = perf_analyzer.read_records(settings.records_file, None)
+    records = read_lines(settings.records_file)
+    load = perf_analyzer.PerfAnalyzerSettings(
+        batch_size=settings.batch_size,
+        concurrency=step.users,
+        measurement_interval_ms=max(500, round(step.seconds * 500)),
+        max_trials=MAX_TRIALS,
+        stability_percentage=STABILITY_PERCENT,
+    )
     with tempfile.TemporaryDirectory(prefix="ubm_capacity_") as tmp:
+        workdir = Path(tmp)
+        input_data = perf_analyzer.write_input_data(records, workdir / "input_data.json")
         try:
-            result = perf_analyzer.run(
-                url,
-                perf_analyzer.write_input_data(records, Path(tmp) / "input_data.json"),
-                batch_size=settings.batch_size,
-                concurrency=step.users,
-                measurement_interval_ms=max(500, round(step.seconds * 500)),
-                max_trials=MAX_TRIALS,
-                stability_percentage=STABILITY_PERCENT,
-                workdir=Path(tmp),
-            )
+            result = perf_analyzer.run(url, input_data, load, workdir)
         except perf_analyzer.PerfAnalyzerError as e:
-            log(f"perf_analyzer cross-check failed: {e.message}")
-            return {"failed": e.message}
+            log(f"perf_analyzer cross-check failed: {e}")
+            return {"failed": str(e)}
     ratio = result.records_per_s / step.records_per_s
     log(
         f"perf_analyzer, {step.users} requests in flight: {result.records_per_s:.1f} records/s,"

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from ubm import AsyncUbmClient, UbmClient
 from ubm.scores import Score
-from ubm_build import data, export, steps
+from ubm_build import data, export
 from ubm_build.inputs.features import feature_matrix
 from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
 from ubm_build.model.train import events_of
@@ -35,7 +35,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 @pytest.fixture(scope="session")
 def examples() -> dict[str, list[data.Example]]:
     """Every example of the real Taobao CSV, by window, as `ubm-build` loads them."""
-    return steps.load_examples(data.DEFAULT_CSV)
+    return data.examples_by_window(data.DEFAULT_CSV)
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ reports_option = click.option(
 @click.option("--sample-size", default=300, show_default=True)
 def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) -> None:
     """Cut sessions, label them and write train/valid/test JSONL records."""
-    by_window = steps.load_examples(csv)
+    by_window = data.examples_by_window(csv)
     for name, examples in by_window.items():
         n = data.write_jsonl((ex.to_record() for ex in examples), out / f"{name}.jsonl")
         positives = sum(ex.label for ex in examples)
@@ -198,7 +198,7 @@ def report_command(
     variant: str | None,
 ) -> None:
     """Write the model card: baselines and the model on the test window, export checks."""
-    served = variant or export.fastest_passing(steps.load_variants(onnx_dir)).variant
+    served = variant or export.fastest_passing(export.read_reports(onnx_dir)).variant
     steps.report_step(model_dir, onnx_dir, csv, reports or paths.REPORTS / profile, served, _echo)
 
 

@@ -22,20 +22,12 @@ from ubm_build.serving import repository
 
 Log = Callable[[str], None]
 PREDICTIONS = "predictions.npz"
-VARIANTS = "variants.json"
-
-
-def load_examples(csv: Path) -> dict[str, list[data.Example]]:
-    by_window: dict[str, list[data.Example]] = {name: [] for name in data.WINDOWS}
-    for ex in data.make_examples(data.read_events(csv)):
-        by_window[ex.window].append(ex)
-    return by_window
 
 
 def train_step(
     profile: train.Profile, csv: Path, base_model: Path, model_dir: Path, log: Log
 ) -> dict:
-    result = train.train(profile, load_examples(csv), base_model, model_dir)
+    result = train.train(profile, data.examples_by_window(csv), base_model, model_dir)
     summary = {**result.summary, "base_model": str(base_model), "csv": str(csv)}
     (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     np.savez(
@@ -68,7 +60,7 @@ def export_step(
     tokenizer = load_tokenizer(model_dir)
     head = export.export_head(model, onnx_dir / "head.onnx")
     fp32 = export.export_encoder(model, onnx_dir / "encoder.onnx")
-    examples = load_examples(csv)
+    examples = data.examples_by_window(csv)
     test = examples["test"]
     events, labels = train.events_of(test), train.labels_of(test)
     reference = np.load(model_dir / PREDICTIONS)["test_probabilities"]
@@ -102,13 +94,9 @@ def export_step(
             + ("" if variant.servable else " (comparison only, never served)")
         )
         reports.append(report)
-    (onnx_dir / VARIANTS).write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    export.write_reports(reports, onnx_dir)
     export.require_passing(reports, atol, max_int8_auc_loss)
     return reports
-
-
-def load_variants(onnx_dir: Path) -> list[export.VariantReport]:
-    return [export.VariantReport(**r) for r in json.loads((onnx_dir / VARIANTS).read_text())]
 
 
 def repository_step(
@@ -124,7 +112,7 @@ def repository_step(
 
     A variant whose scores depend on their batch beyond its bound is never written.
     """
-    reports = load_variants(onnx_dir)
+    reports = export.read_reports(onnx_dir)
     chosen = (
         export.fastest_passing(reports)
         if variant is None
@@ -165,7 +153,7 @@ def report_step(
     build_seconds: float | None = None,
 ) -> Path:
     """Baselines and the BERT model on the same test window, written as a model card."""
-    examples = load_examples(csv)
+    examples = data.examples_by_window(csv)
     test_labels = train.labels_of(examples["test"])
     predictions = np.load(model_dir / PREDICTIONS)
     summary = json.loads((model_dir / "metrics.json").read_text())
@@ -187,7 +175,7 @@ def report_step(
         summary=summary,
         windows=card.window_counts(examples),
         models={name: m.to_dict() for name, m in models.items()},
-        variants=[r.to_dict() for r in load_variants(onnx_dir)],
+        variants=[r.to_dict() for r in export.read_reports(onnx_dir)],
         served_variant=served,
         build_seconds=build_seconds,
     )

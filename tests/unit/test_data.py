@@ -6,7 +6,7 @@ The same rules on the whole Taobao CSV: tests/integration/test_real_examples.py.
 from pathlib import Path
 
 from ubm.records import Event, parse_record
-from ubm_build import data, steps
+from ubm_build import data
 from ubm_build.inputs.behaviour_text import SESSION_GAP_S
 
 TRAIN, VALID, TEST = (data.WINDOWS[name][0] for name in ("train", "valid", "test"))
@@ -52,8 +52,8 @@ def test_read_events_orders_each_users_events_and_drops_those_before_the_data(tm
     }
 
 
-def test_load_examples_gives_one_example_per_session_in_its_window(tmp_path):
-    by_window = steps.load_examples(write_csv(tmp_path / "events.csv", TINY_CSV))
+def test_examples_by_window_gives_one_example_per_session_in_its_window(tmp_path):
+    by_window = data.examples_by_window(write_csv(tmp_path / "events.csv", TINY_CSV))
     assert by_window == {
         "train": [data.Example("1", tuple(USER_1[:2]), 1, "train", T + 120)],
         # history (the train session, its purchase included), then the session: no purchase

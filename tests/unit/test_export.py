@@ -119,7 +119,7 @@ def test_the_repository_step_refuses_a_batch_dependent_variant(tmp_path):
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     reports = every_variant({"int8-dynamic": {"batch_max_abs_diff": 2e-4, "passed": False}})
-    (onnx_dir / steps.VARIANTS).write_text(json.dumps([r.to_dict() for r in reports]))
+    (onnx_dir / export.REPORTS_FILE).write_text(json.dumps([r.to_dict() for r in reports]))
     with pytest.raises(export.ParityError, match="int8-dynamic encoder is not served"):
         steps.repository_step(
             tmp_path / "model",  # refused before the model is read

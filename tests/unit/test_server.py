@@ -31,24 +31,24 @@ def make_region(path: Path, file_mode: int = 0o644) -> Path:
 
 
 @pytest.fixture
-def triton(tmp_path) -> server.TritonServer:
+def unstarted(tmp_path) -> server.TritonServer:
     return server.TritonServer(
         tmp_path / "repository", workdir=tmp_path / "run", ports=PORTS, shm_dir=tmp_path / "shm"
     )
 
 
-def test_the_command_restricts_the_apis_our_sdk_does_not_use(triton):
-    command = triton.command("s3cret")
+def test_the_command_restricts_the_apis_our_sdk_does_not_use(unstarted):
+    command = unstarted.command("s3cret")
     restricted = "shared-memory,logging,trace,model-repository:ubm-admin-token=s3cret"
     assert f"--grpc-restricted-protocol={restricted}" in command
     assert f"--http-restricted-api={restricted}" in command
     assert not set(OPEN_APIS) & set(server.RESTRICTED_APIS)
 
 
-def test_the_command_names_the_regions_with_our_prefix(triton):
+def test_the_command_names_the_regions_with_our_prefix(unstarted):
     prefix = f"ubm_{os.getuid()}_18001_"
-    assert triton.shm_prefix == prefix
-    assert f"--backend-config=python,shm-region-prefix-name={prefix}" in triton.command("t")
+    assert unstarted.shm_prefix == prefix
+    assert f"--backend-config=python,shm-region-prefix-name={prefix}" in unstarted.command("t")
 
 
 def test_the_prefix_of_one_port_is_no_prefix_of_another():
@@ -110,7 +110,7 @@ def test_tightening_makes_only_our_regions_owner_only(tmp_path):
     assert {path: mode(path) for path in others} == modes
 
 
-def test_start_and_stop_clean_guard_and_write_the_token(triton, tmp_path, monkeypatch):
+def test_start_and_stop_clean_guard_and_write_the_token(unstarted, tmp_path, monkeypatch):
     """start/stop around a stand-in process (a sleeping Python) instead of tritonserver."""
     real_popen = subprocess.Popen
     seen: dict = {}
@@ -120,21 +120,21 @@ def test_start_and_stop_clean_guard_and_write_the_token(triton, tmp_path, monkey
         return real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
 
     monkeypatch.setattr(server.subprocess, "Popen", fake_popen)
-    shm, prefix = tmp_path / "shm", triton.shm_prefix
+    shm, prefix = tmp_path / "shm", unstarted.shm_prefix
     others = other_files(shm, prefix)
     stale = make_region(shm / f"{prefix}killed-earlier")
 
-    triton.start()
+    unstarted.start()
     try:
         assert not stale.exists()
-        token = server.read_admin_token(triton.workdir)
-        assert mode(triton.admin_token_path) == 0o600
+        token = server.read_admin_token(unstarted.workdir)
+        assert mode(unstarted.admin_token_path) == 0o600
         assert f"--http-restricted-api={','.join(server.RESTRICTED_APIS)}:" in " ".join(
             seen["command"]
         )
         assert any(arg.endswith(f"={token}") for arg in seen["command"])
         assert seen["kwargs"]["umask"] == 0o077
-        status = Path(f"/proc/{triton.pid}/status").read_text()
+        status = Path(f"/proc/{unstarted.pid}/status").read_text()
         assert "Umask:\t0077" in status
         new = make_region(shm / f"{prefix}created-at-load")  # as the python backend does
         deadline = time.monotonic() + 5
@@ -142,7 +142,7 @@ def test_start_and_stop_clean_guard_and_write_the_token(triton, tmp_path, monkey
             time.sleep(0.01)
         assert mode(new) == 0o600
     finally:
-        triton.stop()
+        unstarted.stop()
     assert not new.exists()
     assert sorted(shm.iterdir()) == sorted(others)
 

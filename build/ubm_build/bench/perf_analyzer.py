@@ -3,7 +3,8 @@
 The binary ships in the ``tritonclient`` wheel (same release as the server). It needs Debian's
 ``libb64-0d`` and ``libcudart.so.12`` (PyPI ``nvidia-cuda-runtime-cu12``, put on
 ``LD_LIBRARY_PATH`` here); it uses no GPU. `problem` says why it cannot run, where it cannot.
-Used by `bench_cli` (``make bench-cli``) and ``loadtest/capacity.py``'s cross-check.
+Used by `comparison` (``make bench-cli``) and ``loadtest/capacity.py``'s cross-check. It
+raises `PerfAnalyzerError` (a `BenchError`) when it cannot run or fails.
 
 Callers start it while gRPC channels are open in their process. gRPC's fork support would
 restart its poller in the forked child, which then dies on the closed epoll descriptor before it
@@ -19,25 +20,21 @@ import io
 import json
 import os
 import re
-import resource
 import shlex
 import subprocess
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 from tritonclient.grpc import InferenceServerClient
 
 from ubm import contract
+from ubm_build.bench.errors import PerfAnalyzerError
+from ubm_build.bench.processes import run_timed
+from ubm_build.bench.served import ensemble_counts
 
 CUDA_RUNTIME = "libcudart.so.12"
 PASS_LINE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec")
-
-
-class PerfAnalyzerError(click.ClickException):
-    """perf_analyzer could not be run, or failed."""
 
 
 def binary() -> Path:
@@ -59,6 +56,7 @@ def cuda_runtime_dir() -> Path | None:
 
 
 def environment() -> dict[str, str]:
+    """This process's environment, with the CUDA runtime's directory on ``LD_LIBRARY_PATH``."""
     env = dict(os.environ)
     lib = cuda_runtime_dir()
     if lib is not None:
@@ -109,7 +107,39 @@ def write_input_data(lines: list[bytes], path: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class PerfAnalyzerSettings:
+    """How perf_analyzer loads the ensemble, and when it stops measuring."""
+
+    batch_size: int
+    """Records per request (``-b``)."""
+    concurrency: int
+    """Requests in flight."""
+    measurement_interval_ms: int = 5000
+    """One measurement window."""
+    max_trials: int = 4
+    """Windows at most, when no three agree."""
+    stability_percentage: float = 10.0
+    """Three windows agree when their throughputs are within this percentage."""
+
+    def arguments(self) -> list[str]:
+        """perf_analyzer's command-line arguments for these settings."""
+        return [
+            *("-b", str(self.batch_size)),
+            *("--concurrency-range", f"{self.concurrency}:{self.concurrency}"),
+            *("--measurement-interval", str(self.measurement_interval_ms)),
+            *("--max-trials", str(self.max_trials)),
+            *("--stability-percentage", str(self.stability_percentage)),
+        ]
+
+    def timeout_s(self) -> float:
+        """How long a run may take: every window, the drain, and a margin."""
+        return self.measurement_interval_ms / 1000 * (self.max_trials + 2) + 120
+
+
+@dataclass(frozen=True)
 class PerfAnalyzerResult:
+    """One perf_analyzer run, as the results files record it."""
+
     records_per_s: float
     """perf_analyzer's Inferences/Second: requests/s x batch size."""
     stable: bool
@@ -130,14 +160,9 @@ def _ensemble_counts(url: str) -> tuple[int, int] | None:
     """(successful requests, records inferred) of the ensemble so far, from the server."""
     try:
         with InferenceServerClient(url) as client:
-            stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)
+            return ensemble_counts(client)
     except Exception:  # statistics are a cross-check only
         return None
-    for model in stats.get("model_stats", []):
-        if model.get("name") == contract.ENSEMBLE:
-            success = model.get("inference_stats", {}).get("success", {})
-            return int(success.get("count", 0)), int(model.get("inference_count", 0))
-    return None
 
 
 def parse_passes(stdout: str) -> list[float]:
@@ -154,66 +179,34 @@ def parse_csv(text: str) -> dict[str, str]:
 
 
 def run(
-    url: str,
-    input_data: Path,
-    *,
-    batch_size: int,
-    concurrency: int,
-    measurement_interval_ms: int,
-    max_trials: int,
-    stability_percentage: float,
-    workdir: Path,
+    url: str, input_data: Path, settings: PerfAnalyzerSettings, workdir: Path
 ) -> PerfAnalyzerResult:
+    """perf_analyzer on the ensemble at `url` with `input_data` (`write_input_data`) until three
+    windows agree or `settings.max_trials` windows have passed; its log and CSV go to `workdir`.
+
+    Raises:
+        PerfAnalyzerError: it ran past its time or failed before any window.
+    """
     report = workdir / "perf_analyzer.csv"
     command = [
         str(binary()),
-        "-m",
-        contract.ENSEMBLE,
-        "-i",
-        "grpc",
-        "-u",
-        url,
-        "-b",
-        str(batch_size),
-        "--concurrency-range",
-        f"{concurrency}:{concurrency}",
-        "--input-data",
-        str(input_data),
-        "--measurement-interval",
-        str(measurement_interval_ms),
-        "--max-trials",
-        str(max_trials),
-        "--stability-percentage",
-        str(stability_percentage),
-        "--percentile",
-        "50",
-        "-f",
-        str(report),
+        *("-m", contract.ENSEMBLE, "-i", "grpc", "-u", url),
+        *settings.arguments(),
+        *("--input-data", str(input_data)),
+        *("--percentile", "50", "-f", str(report)),
         "-v",  # prints every measurement pass
     ]
-    # perf_analyzer stops when three windows agree, or after max_trials; then it drains.
-    timeout_s = measurement_interval_ms / 1000 * (max_trials + 2) + 120
+    timeout_s = settings.timeout_s()
     before = _ensemble_counts(url)
-    cpu_before = children_cpu_s()
-    started = time.perf_counter()
     try:
-        result = subprocess.run(
-            command,
-            env=environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        finished = run_timed(command, env=environment(), timeout_s=timeout_s)
     except subprocess.TimeoutExpired as e:
         raise PerfAnalyzerError(f"perf_analyzer ran past {timeout_s:.0f} s") from e
-    seconds = time.perf_counter() - started
-    cpu_s = children_cpu_s() - cpu_before
     after = _ensemble_counts(url)
-    output = result.stdout + result.stderr
+    output = finished.process.stdout + finished.process.stderr
     (workdir / "perf_analyzer.log").write_text(output)
     passes = parse_passes(output)
-    if result.returncode == 0 and report.is_file():
+    if finished.process.returncode == 0 and report.is_file():
         row = parse_csv(report.read_text())
         records_per_s = float(row["Inferences/Second"])
         p50 = float(row["p50 latency"]) / 1000 if row.get("p50 latency") else None
@@ -226,7 +219,7 @@ def run(
         stable = False
     else:
         raise PerfAnalyzerError(
-            f"perf_analyzer failed (exit {result.returncode}):\n{output[-3000:]}"
+            f"perf_analyzer failed (exit {finished.process.returncode}):\n{output[-3000:]}"
         )
     per_request = None
     if before and after and after[0] > before[0]:
@@ -237,21 +230,8 @@ def run(
         p50_latency_ms=p50,
         p99_latency_ms=p99,
         passes=len(passes),
-        seconds=round(seconds, 2),
-        cpu_s=round(cpu_s, 2),
+        seconds=round(finished.seconds, 2),
+        cpu_s=round(finished.cpu_s, 2),
         server_records_per_request=per_request,
         command=shlex.join(command),
     )
-
-
-def read_records(path: Path, limit: int | None) -> list[bytes]:
-    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-    lines = lines[:limit] if limit else lines
-    if not lines:
-        raise PerfAnalyzerError(f"{path} holds no records")
-    return lines
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime

@@ -141,3 +141,11 @@ def write_jsonl(records: Iterable[dict], path: Path) -> int:
             f.write(orjson.dumps(record) + b"\n")
             n += 1
     return n
+
+
+def examples_by_window(csv: Path = DEFAULT_CSV) -> dict[str, list[Example]]:
+    """Every example of `csv`, by window (``train``, ``valid``, ``test``), in time order."""
+    by_window: dict[str, list[Example]] = {name: [] for name in WINDOWS}
+    for ex in make_examples(read_events(csv)):
+        by_window[ex.window].append(ex)
+    return by_window

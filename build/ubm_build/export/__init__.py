@@ -13,13 +13,16 @@ from ubm_build.export.variants import (
     DEFAULT_MAX_INT8_AUC_LOSS,
     FP32_BATCH_BOUND,
     INT8_BATCH_BOUND,
+    REPORTS_FILE,
     ParityError,
     Variant,
     VariantReport,
     check_variant,
     derive_variant,
     fastest_passing,
+    read_reports,
     require_passing,
+    write_reports,
 )
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_INT8_AUC_LOSS",
     "FP32_BATCH_BOUND",
     "INT8_BATCH_BOUND",
+    "REPORTS_FILE",
     "ParityError",
     "TokenCalibration",
     "Variant",
@@ -38,5 +42,7 @@ __all__ = [
     "export_head",
     "fastest_passing",
     "ort_session",
+    "read_reports",
     "require_passing",
+    "write_reports",
 ]

@@ -20,6 +20,7 @@ variant whose batch dependence exceeds its bound (`FP32_BATCH_BOUND`, `INT8_BATC
 from __future__ import annotations
 
 import enum
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -295,6 +296,22 @@ def require_passing(reports: list[VariantReport], atol: float, max_int8_auc_loss
             f" {max_int8_auc_loss:g}, --max-int8-auc-loss), batch dependence"
             f" {_figure(report.batch_max_abs_diff)} (at most {_figure(report.batch_bound)})"
         )
+
+
+REPORTS_FILE = "variants.json"
+"""Where `ubm-build export` keeps the reports, in its ONNX directory."""
+
+
+def write_reports(reports: Sequence[VariantReport], onnx_dir: Path) -> Path:
+    """Write the variants' reports to ``<onnx_dir>/variants.json``."""
+    path = onnx_dir / REPORTS_FILE
+    path.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    return path
+
+
+def read_reports(onnx_dir: Path) -> list[VariantReport]:
+    """The reports `write_reports` wrote."""
+    return [VariantReport(**r) for r in json.loads((onnx_dir / REPORTS_FILE).read_text())]
 
 
 def _figure(value: float | None) -> str:
