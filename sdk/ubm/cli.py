@@ -311,27 +311,24 @@ def score(
         task = progress.add_task("scoring", total=_input_size(file), lines=0, failed=0, rate=0.0)
         try:
             with connection.client(timeout_s=timeout, retry_deadline_s=retry_deadline) as client:
-                results = map_ordered(
+                # On Ctrl-C, map_ordered stops without waiting for the calls in flight, and
+                # leaving this block closes the client, which cancels them.
+                for chunk, rows in map_ordered(
                     lambda c: (c, score_lines(client, c.lines, embedding=embedding)),
                     read_chunks(file, batch_size, answered),
                     concurrency,
-                )
-                try:
-                    for chunk, rows in results:
-                        _write(out, rows)
-                        if errors_out is not None:
-                            _write(errors_out, [row for row in rows if "error" in row])
-                        tally.add(chunk, rows)
-                        progress.update(
-                            task,
-                            advance=chunk.n_bytes,
-                            lines=tally.lines,
-                            failed=tally.failed,
-                            rate=tally.scored / (time.perf_counter() - started),
-                        )
-                except KeyboardInterrupt:
-                    client.close()  # cancels the calls in flight, so that their threads end now
-                    raise
+                ):
+                    _write(out, rows)
+                    if errors_out is not None:
+                        _write(errors_out, [row for row in rows if "error" in row])
+                    tally.add(chunk, rows)
+                    progress.update(
+                        task,
+                        advance=chunk.n_bytes,
+                        lines=tally.lines,
+                        failed=tally.failed,
+                        rate=tally.scored / (time.perf_counter() - started),
+                    )
         except ResumeError as e:
             progress.stop()
             click.echo(f"ubm-client: --resume: {e}", err=True)
