@@ -109,7 +109,7 @@ def test_bench_runs_every_row_and_writes_its_json(
             continue
         assert set(split) == {"ubm", "preprocess", "encoder", "head"}
         requests = rows[name]["records"] // rows[name]["records_per_call"]
-        assert all(model["requests"] == requests for model in split.values())
+        assert all(model["requests"] == requests for model in split.values()), split
         assert split["encoder"]["records"] == rows[name]["records"]
 
     assert report["served_variant"] == "fp32"  # the tiny repository serves the fp32 export

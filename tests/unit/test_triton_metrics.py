@@ -51,3 +51,22 @@ def test_split_gives_means_per_request_between_two_scrapes():
     assert encoder.queue_ms == pytest.approx(2.0)
     assert encoder.compute_ms == pytest.approx((400 + 40000 + 1600) / 4 / 1000)
     assert encoder.to_dict()["requests"] == 4
+
+
+def counts(**requests: float) -> triton_metrics.Scrape:
+    return {model: {"requests": n} for model, n in requests.items()}
+
+
+def test_scrape_after_waits_until_every_step_counted_the_requests(monkeypatch):
+    scrapes = iter([counts(ubm=5, head=4), counts(ubm=5, head=4), counts(ubm=5, head=5)])
+    monkeypatch.setattr(triton_metrics, "scrape", lambda url: next(scrapes))
+    after = triton_metrics.scrape_after("http://m", counts(ubm=1, head=1), ["ubm", "head"], 4)
+    assert after == counts(ubm=5, head=5)
+
+
+def test_scrape_after_gives_up_waiting_at_its_timeout(monkeypatch):
+    monkeypatch.setattr(triton_metrics, "scrape", lambda url: counts(ubm=5, head=4))
+    after = triton_metrics.scrape_after(
+        "http://m", counts(ubm=1, head=1), ["ubm", "head"], 4, timeout_s=0.1
+    )
+    assert after == counts(ubm=5, head=4)

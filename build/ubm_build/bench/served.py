@@ -128,7 +128,8 @@ def served_row(
         raise BenchError(f"served request failed at concurrency {concurrency}: {errors[0]}")
     split = None
     if before is not None:
-        after = triton_metrics.scrape(metrics_url)
+        models = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
+        after = triton_metrics.scrape_after(metrics_url, before, models, len(batches))
         split = {m: s.to_dict() for m, s in triton_metrics.split(before, after).items()}
     name = f"served_c{concurrency}" + ("_single" if len(batches[0]) == 1 else "")
     description = f"tritonserver ensemble via UbmClient, {concurrency} thread(s) with own client"

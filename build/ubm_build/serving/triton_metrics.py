@@ -8,8 +8,10 @@ served row waits in a queue, in preprocessing, in the encoder or in the head.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +47,32 @@ def scrape(metrics_url: str, timeout_s: float = 5.0) -> Scrape:
     """Read ``<metrics_url>/metrics`` (e.g. ``http://127.0.0.1:8002``)."""
     with urllib.request.urlopen(f"{metrics_url.rstrip('/')}/metrics", timeout=timeout_s) as r:
         return parse(r.read().decode())
+
+
+def scrape_after(
+    metrics_url: str,
+    before: Scrape,
+    models: Iterable[str],
+    requests: int,
+    timeout_s: float = 5.0,
+) -> Scrape:
+    """A scrape once each of `models` has counted `requests` more successes than in `before`.
+
+    A python-backend model reports its statistics after it has sent its response, so the
+    client can see the ensemble's answer before a step's counters move. Gives up waiting after
+    `timeout_s` and returns the last scrape.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = scrape(metrics_url)
+        counted = all(
+            after.get(m, {}).get("requests", 0.0) - before.get(m, {}).get("requests", 0.0)
+            >= requests
+            for m in models
+        )
+        if counted or time.monotonic() >= deadline:
+            return after
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
