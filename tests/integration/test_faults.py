@@ -112,24 +112,11 @@ def output_ids(output: Path) -> list[str]:
     return [row["id"] for row in rows]
 
 
-def test_a_run_survives_a_server_crash_and_restart(own_server, examples, tmp_path):
-    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    ids = write_records(source, examples, 2000)
-    run = start_score(
-        source, output, own_server.grpc_url, "--batch-size", "8", "--concurrency", "4"
-    )
-    wait_for_rows(output, 100, run)
-    assert run.poll() is None, "the run ended before the crash"
-    own_server.kill()
-    time.sleep(1)  # some requests fail against the dead port before it comes back
-    own_server.start()
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 0, stderr.decode()
-    assert output_ids(output) == ids  # one row per line, in order: no loss, no duplicate
-
-
-def test_a_run_survives_a_graceful_server_restart(own_server, examples, tmp_path):
-    """What a rollout or a Kubernetes pod termination does: SIGINT, exit, start again."""
+@pytest.mark.parametrize("how", ["crash", "graceful"])
+def test_a_run_survives_a_server_restart(own_server, examples, tmp_path, how):
+    """A crash (the server and its stubs SIGKILLed), or a graceful stop as a rollout or a
+    Kubernetes pod termination does it (Triton unloads the models and answers NOT_FOUND
+    meanwhile), then a start on the same ports."""
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_records(source, examples, 3000)
     run = start_score(
@@ -137,19 +124,25 @@ def test_a_run_survives_a_graceful_server_restart(own_server, examples, tmp_path
     )
     wait_for_rows(output, 100, run)
     assert run.poll() is None, "the run ended before the restart"
-    own_server.stop()  # graceful: Triton unloads the models and answers NOT_FOUND meanwhile
-    time.sleep(3)
+    if how == "crash":
+        own_server.kill()
+        time.sleep(1)  # some requests fail against the dead port before it comes back
+    else:
+        own_server.stop()
+        time.sleep(3)
     own_server.start()
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr.decode()
-    assert output_ids(output) == ids
+    assert output_ids(output) == ids  # one row per line, in order: no loss, no duplicate
 
 
 def test_ctrl_c_keeps_the_complete_rows_exits_130_and_resume_finishes(triton, examples, tmp_path):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_records(source, examples, 3000)
-    run = start_score(source, output, triton.grpc_url, "--batch-size", "8")
+    # One record per request, one request at a time: the run lasts, however fast the machine.
+    run = start_score(source, output, triton.grpc_url, "--batch-size", "1", "--concurrency", "1")
     wait_for_rows(output, 50, run)
+    assert run.poll() is None, "the run ended before Ctrl-C"
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=30)
     assert run.returncode == 130, stderr.decode()
