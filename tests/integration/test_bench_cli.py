@@ -11,8 +11,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ubm_build.bench import cli_vs_perf_analyzer as bench_cli
-from ubm_build.bench import comparison, perf_analyzer
+from ubm_build.bench import cli_vs_perf_analyzer, comparison, perf_analyzer
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +71,7 @@ def test_cli_against_perf_analyzer_json(perf_analyzer_runs, triton, tmp_path):
     args = ["--url", triton.grpc_url, "--records", "8", "--batch-size", "4", "--concurrency", "2"]
     args += ["--rounds", "2", "--cli-lines", "16", "--measurement-interval", "1000"]
     args += ["--max-trials", "3", "--stability-percentage", "50", "-o", str(out)]
-    result = CliRunner().invoke(bench_cli.main, args)
+    result = CliRunner().invoke(cli_vs_perf_analyzer.main, args)
     assert result.exit_code == 0, result.output
 
     got = json.loads(out.read_text())
