@@ -140,7 +140,15 @@ def test_ctrl_c_keeps_the_complete_rows_exits_130_and_resume_finishes(triton, ex
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_records(source, examples, 3000)
     # One record per request, one request at a time: the run lasts, however fast the machine.
-    run = start_score(source, output, triton.grpc_url, "--batch-size", "1", "--concurrency", "1")
+    # A suite started as a background job has SIGINT ignored, and a child inherits that; a
+    # caught handler here is reset to the default by exec, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = start_score(
+            source, output, triton.grpc_url, "--batch-size", "1", "--concurrency", "1"
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     wait_for_rows(output, 50, run)
     assert run.poll() is None, "the run ended before Ctrl-C"
     run.send_signal(signal.SIGINT)
