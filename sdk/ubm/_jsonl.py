@@ -15,7 +15,7 @@ import orjson
 
 from ubm.client import UbmClient
 from ubm.exceptions import InvalidRequestError
-from ubm.records import Record, RecordError, parse_record, preview, record_id_of
+from ubm.records import Record, RecordError, parse_record, record_id_of
 
 BOM = b"\xef\xbb\xbf"
 """The UTF-8 byte order mark some editors put at the start of a file."""
@@ -110,10 +110,10 @@ def read_chunks(
         item = parse_line(line_no, raw.removeprefix(BOM) if line_no == 1 else raw)
         if line_no <= len(answered):
             if line_id(item) != answered[line_no - 1]:
+                # Names the line, never the ids: they are record content, and this goes to logs.
                 raise ResumeError(
-                    f"line {line_no} has id {preview(line_id(item))} but the output's row"
-                    f" {line_no} answers {preview(answered[line_no - 1])}: the output is not"
-                    " from this input"
+                    f"the id of line {line_no} differs from the id of the output's row"
+                    f" {line_no}: the output is not from this input"
                 )
             chunk.n_skipped += 1
             continue
