@@ -31,6 +31,7 @@ CLICK_USERS = {
     "bench/benchmark.py",
     "bench/tune.py",
     "bench/cli_vs_perf_analyzer.py",
+    "bench/first_request.py",
 }
 """Where click may be imported: the command line, its shared options, the bench commands."""
 

@@ -19,6 +19,7 @@ import ubm.contract
 import ubm.records
 from ubm import contract
 from ubm_build.inputs import behaviour_text, features, model_inputs
+from ubm_build.serving import warmup
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
 MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
@@ -109,6 +110,7 @@ def _onnx_model(
         "output": outputs,
         "instance_group": [{"kind": "KIND_CPU", "count": instances}],
         "dynamic_batching": _dynamic_batching(spec),
+        "model_warmup": warmup.model_warmup(name, spec),
     }
     if spec.target is Target.CPU_PYTHON:
         config["backend"] = "python"
@@ -262,6 +264,7 @@ def write_repository(
             shutil.copy2(TRITON_MODELS / "onnx_model.py", out / name / "1" / "model.py")
             shutil.copy2(ubm.contract.__file__, out / name / "1" / "contract.py")
         shutil.copy2(onnx, out / name / "1" / "model.onnx")
+    warmup.write_warmup_data(out, spec, tokenizer_json=tokenizer_json)
     return out
 
 

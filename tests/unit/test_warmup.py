@@ -1,0 +1,182 @@
+"""Warm-up samples of the encoder and head: valid Triton config, data files Triton and the
+models accept, and the benchmark's copy of a repository without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import json_format, text_format
+from tokenizers import Tokenizer
+from tritonclient.grpc import model_config_pb2
+
+from ubm import contract
+from ubm_build.bench import first_request
+from ubm_build.inputs.features import FEATURE_NAMES
+from ubm_build.model.network import DEFAULT_BASE_MODEL
+from ubm_build.serving import repository, warmup
+from ubm_build.serving.triton_models.onnx_model import check_tokens
+
+TOKENIZER_JSON = DEFAULT_BASE_MODEL / "tokenizer.json"
+VOCAB_SIZE = 30522
+"""The vocabulary of the packaged base model's tokenizer."""
+SPEC = repository.RepositorySpec(
+    max_length=64, hidden_size=32, n_features=len(FEATURE_NAMES), vocab_size=VOCAB_SIZE
+)
+WARMUPS = {contract.ENCODER: warmup.encoder_warmup, contract.HEAD: warmup.head_warmup}
+NUMPY_TYPES = {"TYPE_INT64": "<i8", "TYPE_FP32": "<f4"}
+"""The little-endian layout Triton reads each data file's bytes in."""
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> Path:
+    """A directory with the encoder's and head's warm-up data, as a repository holds them."""
+    out = tmp_path_factory.mktemp("repository")
+    for model in WARMUPS:
+        (out / model).mkdir()
+    warmup.write_warmup_data(out, SPEC, tokenizer_json=TOKENIZER_JSON)
+    return out
+
+
+def read_input(model_dir: Path, sample_input: dict) -> np.ndarray:
+    """One warm-up input's data file as Triton reads it: the dims' worth of bytes."""
+    data = (model_dir / warmup.WARMUP_DIR / sample_input["input_data_file"]).read_bytes()
+    return np.frombuffer(data, dtype=NUMPY_TYPES[sample_input["data_type"]])
+
+
+@pytest.mark.parametrize("model", list(WARMUPS))
+def test_the_samples_parse_into_model_config_and_fit_the_models_inputs(model):
+    config = repository.model_configs(SPEC)[model]
+    parsed = json_format.ParseDict(
+        {**config, "model_warmup": WARMUPS[model](SPEC)}, model_config_pb2.ModelConfig()
+    )
+    declared = {tensor.name: tensor for tensor in parsed.input}
+    assert len(parsed.model_warmup) == len(warmup.batch_sizes(SPEC))
+    for sample in parsed.model_warmup:
+        assert set(sample.inputs) == set(declared), sample.name
+        for name, sample_input in sample.inputs.items():
+            assert sample_input.data_type == declared[name].data_type, name
+            assert len(sample_input.dims) == len(declared[name].dims), name
+            for size, declared_size in zip(sample_input.dims, declared[name].dims, strict=True):
+                assert declared_size in (-1, size), name
+
+
+def test_the_model_configs_carry_the_samples():
+    configs = repository.model_configs(SPEC)
+    for model, samples in WARMUPS.items():
+        assert configs[model]["model_warmup"] == samples(SPEC), model
+    for model in (contract.ENSEMBLE, contract.PREPROCESS):  # ensembles reject model_warmup
+        assert "model_warmup" not in configs[model], model
+        with pytest.raises(ValueError, match=model):
+            warmup.model_warmup(model, SPEC)
+
+
+@pytest.mark.parametrize(
+    ("tuning", "max_batch_size", "sizes"),
+    [
+        ({}, contract.MAX_BATCH_SIZE, [1, 8, 32]),
+        ({"encoder_rows_per_run": 0}, contract.MAX_BATCH_SIZE, [1, 32]),
+        ({"encoder_rows_per_run": 32}, contract.MAX_BATCH_SIZE, [1, 32]),
+        ({"encoder_rows_per_run": 4}, 16, [1, 4]),
+    ],
+)
+def test_batch_sizes_are_one_a_run_and_a_bulk_request(tuning, max_batch_size, sizes):
+    spec = repository.RepositorySpec(
+        max_length=64,
+        hidden_size=32,
+        n_features=29,
+        max_batch_size=max_batch_size,
+        tuning=repository.Tuning(**tuning),
+    )
+    assert warmup.batch_sizes(spec) == sizes
+    assert [sample["batch_size"] for sample in warmup.encoder_warmup(spec)] == sizes
+
+
+@pytest.mark.parametrize("model", list(WARMUPS))
+def test_each_data_file_holds_one_record_of_its_input(model_dirs, model):
+    for sample in WARMUPS[model](SPEC):
+        for sample_input in sample["inputs"].values():
+            path = model_dirs / model / warmup.WARMUP_DIR / sample_input["input_data_file"]
+            itemsize = np.dtype(NUMPY_TYPES[sample_input["data_type"]]).itemsize
+            assert path.stat().st_size == np.prod(sample_input["dims"]) * itemsize, path.name
+
+
+def test_the_encoder_sample_is_a_real_record_the_encoder_accepts(model_dirs):
+    (sample, *_) = warmup.encoder_warmup(SPEC)
+    ids, mask = (
+        read_input(model_dirs / contract.ENCODER, sample["inputs"][name])
+        for name in (contract.INPUT_IDS, contract.ATTENTION_MASK)
+    )
+    check_tokens(ids[None], mask[None], VOCAB_SIZE, SPEC.max_length)
+    attended = int(mask.sum())
+    assert mask.tolist() == [1] * attended + [0] * (SPEC.max_length - attended)
+    text = Tokenizer.from_file(str(TOKENIZER_JSON)).decode(ids[:attended].tolist())
+    assert text.startswith("session")
+
+
+def test_the_head_sample_is_finite_with_a_records_features(model_dirs):
+    (sample, *_) = warmup.head_warmup(SPEC)
+    embedding, features = (
+        read_input(model_dirs / contract.HEAD, sample["inputs"][name])
+        for name in (contract.EMBEDDING, contract.FEATURES)
+    )
+    assert embedding.shape == (SPEC.hidden_size,)
+    assert features.shape == (SPEC.n_features,)
+    assert np.isfinite(features).all()
+    assert features.any()
+
+
+def test_a_spec_with_another_feature_count_is_refused(tmp_path):
+    spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=3)
+    with pytest.raises(ValueError, match="features"):
+        warmup.write_warmup_data(tmp_path, spec, tokenizer_json=TOKENIZER_JSON)
+
+
+def test_a_records_file_without_records_is_refused(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no records"):
+        warmup.write_warmup_data(tmp_path, SPEC, tokenizer_json=TOKENIZER_JSON, records_path=empty)
+
+
+def test_the_benchmark_strips_every_warmup_from_a_copy(tmp_path):
+    placeholder = tmp_path / "placeholder.onnx"
+    placeholder.write_bytes(b"not read")
+    written = repository.write_repository(
+        tmp_path / "repository",
+        SPEC,
+        tokenizer_json=TOKENIZER_JSON,
+        encoder_onnx=placeholder,
+        head_onnx=placeholder,
+    )
+    samples = len(warmup.batch_sizes(SPEC))
+    assert first_request.warmup_samples(written) == {
+        contract.ENCODER: samples,
+        contract.HEAD: samples,
+    }
+
+    stripped = first_request.strip_warmup(written, tmp_path / "stripped")
+
+    assert first_request.warmup_samples(stripped) == {}
+    assert not list(stripped.glob(f"*/{warmup.WARMUP_DIR}"))
+    for path in written.glob("*/config.pbtxt"):
+        original = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        original.ClearField("model_warmup")
+        copy = (stripped / path.relative_to(written)).read_text()
+        assert text_format.Parse(copy, model_config_pb2.ModelConfig()) == original
+    assert first_request.warmup_samples(written) != {}  # the original is left alone
+
+
+def test_the_benchmark_repeats_the_examples_to_fill_its_requests(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        '{"id": "a", "events": [{"ts": 1511544070, "type": "view", "item": "1"}]}\n'
+        '{"id": "b", "events": [{"ts": 1511544070, "type": "buy", "item": "2"}]}\n'
+    )
+    batches = first_request.example_batches(records, 3, 2)
+    assert [[record.id for record in batch] for batch in batches] == [
+        ["a", "b"],
+        ["a", "b"],
+        ["a", "b"],
+    ]
