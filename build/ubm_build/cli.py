@@ -11,10 +11,12 @@ from pathlib import Path
 import click
 import torch
 
+from ubm import contract
 from ubm_build import data, export, options, paths, steps
 from ubm_build.model import train
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, server
+from ubm_build.serving import settings as settings_module
 
 PID_FILE = "tritonserver.pid"
 
@@ -249,7 +251,16 @@ def model_command(
     _echo(f"model build done in {time.perf_counter() - started:.0f} s")
 
 
+_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
 @main.command("serve")
+@click.option(
+    "--config",
+    "config_file",
+    type=_file,
+    help="TOML file of these settings (see README, Operations); options given here override it.",
+)
 @options.repository()
 @options.run_dir()
 @click.option(
@@ -258,41 +269,60 @@ def model_command(
     show_default=True,
     help="Address to bind; 0.0.0.0 exposes the server to other machines.",
 )
+@click.option("--tls-cert", type=_file, help="PEM certificate of the server: gRPC over TLS.")
+@click.option("--tls-key", type=_file, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    type=_file,
+    help="PEM CA certificate(s): clients need a certificate signed by one (mutual TLS).",
+)
+@click.option(
+    "--token-file",
+    type=_file,
+    help=f"File holding the token clients must send (else ${contract.TOKEN_ENV}, if set).",
+)
 @click.option("--detach", is_flag=True, help="Return once ready and leave the server running.")
 @click.option(
     "--timeout",
-    "timeout_s",
+    "startup_timeout_s",
+    type=float,
     default=server.DEFAULT_STARTUP_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for the ensemble to become ready.",
 )
-def serve_command(
-    repository_dir: Path, run_dir: Path, host: str, detach: bool, timeout_s: float
-) -> None:
+@click.pass_context
+def serve_command(ctx: click.Context, config_file: Path | None, detach: bool, **given) -> None:
     """Start tritonserver on the repository.
 
-    Ports come from UBM_GRPC_PORT, UBM_HTTP_PORT and UBM_METRICS_PORT (8001/8000/8002).
+    Ports come from UBM_GRPC_PORT, UBM_HTTP_PORT and UBM_METRICS_PORT (8001/8000/8002) or the
+    config file.
     """
-    pid_file = run_dir / PID_FILE
+    values = settings_module.read_config_file(config_file) if config_file else {}
+    for name, value in given.items():
+        source = ctx.get_parameter_source(name)
+        if source is not click.core.ParameterSource.DEFAULT or name not in values:
+            values[{"repository_dir": "repository"}.get(name, name)] = value
+    try:
+        settings = settings_module.build_settings(values)
+    except settings_module.SettingsError as e:
+        raise click.UsageError(str(e)) from e
+    pid_file = settings.run_dir / PID_FILE
     if pid_file.exists() and server.process_alive(int(pid_file.read_text())):
         raise click.ClickException(
             f"a server is already running (pid {pid_file.read_text()}); stop it with `make stop`"
         )
-    triton = server.TritonServer(
-        repository_dir, workdir=run_dir, ports=server.Ports.from_env(), host=host
-    )
+    for key, value in settings.describe().items():
+        _echo(f"{key}: {value}")
+    triton = server.TritonServer.from_settings(settings)
     triton.start(detach=detach)
-    pid_file.write_text(str(triton.pid))
+    server.write_owner_only(pid_file, str(triton.pid))
     try:
-        triton.wait_ready(timeout_s=timeout_s)
+        triton.wait_ready(timeout_s=settings.startup_timeout_s)
     except server.ServerError as e:
         triton.stop()
         pid_file.unlink(missing_ok=True)
         raise click.ClickException(str(e)) from e
-    _echo(
-        f"Triton ready: gRPC {triton.grpc_url}, HTTP {host}:{triton.ports.http},"
-        f" metrics {host}:{triton.ports.metrics} (log: {triton.log_path})"
-    )
+    _echo(f"Triton ready (log: {triton.log_path})")
     _echo(
         f"{', '.join(server.RESTRICTED_APIS)} APIs need the token in {triton.admin_token_path}"
         f" (header {server.ADMIN_HEADER} over HTTP, {server.GRPC_ADMIN_HEADER} over gRPC)"

@@ -4,12 +4,15 @@ from ubm.async_client import AsyncUbmClient
 from ubm.client import UbmClient
 from ubm.config import TlsConfig
 from ubm.exceptions import (
+    AuthenticationError,
     InvalidRecordError,
     InvalidRequestError,
     ModelNotReadyError,
     RequestTimeoutError,
+    SecurityError,
     ServerError,
     ServerUnavailableError,
+    TlsError,
     TransportError,
     UbmError,
 )
@@ -20,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncUbmClient",
+    "AuthenticationError",
     "Event",
     "InvalidRecordError",
     "InvalidRequestError",
@@ -28,9 +32,11 @@ __all__ = [
     "RecordError",
     "RequestTimeoutError",
     "Score",
+    "SecurityError",
     "ServerError",
     "ServerUnavailableError",
     "TlsConfig",
+    "TlsError",
     "TransportError",
     "UbmClient",
     "UbmError",

@@ -16,8 +16,17 @@ import orjson
 from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.utils import InferenceServerException
 
-from ubm import contract
-from ubm.exceptions import QUEUE_TIMEOUT_MESSAGE, InvalidRecordError, ServerError
+from ubm import _security, contract
+from ubm.exceptions import (
+    QUEUE_TIMEOUT_MESSAGE,
+    AuthenticationError,
+    InvalidRecordError,
+    ServerError,
+    ServerUnavailableError,
+    TlsError,
+    UbmError,
+    from_triton_error,
+)
 from ubm.records import Record, RecordError, parse_record
 from ubm.scores import Score
 
@@ -30,13 +39,19 @@ MODEL_GONE_STATUS = "StatusCode.NOT_FOUND"
 answered through the client, so that a wrong model name still fails at once."""
 
 
-def is_retryable(error: InferenceServerException, *, model_was_served: bool) -> bool:
+def is_retryable(
+    error: InferenceServerException, *, model_was_served: bool, shed: bool = False
+) -> bool:
     """Whether ``error`` may go away by itself: see `RETRYABLE_STATUSES`, `MODEL_GONE_STATUS`.
 
-    A request that outwaited its timeout in a server queue is not retried: the client's own
-    timeout has passed, as with DEADLINE_EXCEEDED.
+    A request that outwaited its timeout in a server queue is retried only when the server
+    `shed` it, i.e. its queue policy's timeout is shorter than the client's and the client
+    still waits (overload); otherwise the client's own timeout has passed, as with
+    DEADLINE_EXCEEDED. Refused tokens and failed TLS handshakes are never retried.
     """
     if QUEUE_TIMEOUT_MESSAGE in (error.message() or ""):
+        return shed
+    if _security.token_refused(error) or _security.handshake_failed(error):
         return False
     status = error.status()
     return status in RETRYABLE_STATUSES or (model_was_served and status == MODEL_GONE_STATUS)
@@ -77,6 +92,7 @@ class RetryPolicy:
         rng: random.Random | None = None,
         *,
         model_was_served: bool = False,
+        shed: bool = False,
     ) -> float | None:
         """How long to wait before retrying a call, or None to give up.
 
@@ -86,12 +102,13 @@ class RetryPolicy:
             elapsed_s: seconds since the first try started.
             rng: the jitter's random source.
             model_was_served: the model has answered through this client before.
+            shed: the server's queue dropped the request before the client's timeout.
 
         Returns:
             The delay in seconds; None when ``error`` is not retryable or the retry would start
             after the deadline.
         """
-        if not is_retryable(error, model_was_served=model_was_served):
+        if not is_retryable(error, model_was_served=model_was_served, shed=shed):
             return None
         delay = self.delay_s(attempt, rng)
         return delay if elapsed_s + delay <= self.deadline_s else None
@@ -156,7 +173,9 @@ def _dumps(index: int, record: Record) -> bytes:
     try:
         return orjson.dumps(record)
     except TypeError as e:  # orjson.JSONEncodeError
-        raise InvalidRecordError(index, RecordError(f"cannot be sent as JSON: {e}")) from e
+        raise InvalidRecordError(
+            index, RecordError(f"cannot be sent as JSON: {e}", field="json")
+        ) from e
 
 
 def request_timeout_us(timeout_s: float) -> int:
@@ -200,3 +219,44 @@ def parse_scores(result: InferResult, records: Sequence[Record], *, embedding: b
         )
         for i, record in enumerate(records)
     ]
+
+
+SHED_FRACTION = 0.9
+"""A queue timeout within this share of the client's timeout was the server's own limit."""
+
+
+def was_shed(error: InferenceServerException, attempt_s: float, timeout_s: float) -> bool:
+    """Whether a server queue dropped the request (its policy) while the client still waited."""
+    return (
+        QUEUE_TIMEOUT_MESSAGE in (error.message() or "") and attempt_s < timeout_s * SHED_FRACTION
+    )
+
+
+def call_headers(headers: Mapping[str, str] | None, token: str | None) -> dict[str, str]:
+    """The metadata of every call: the caller's ``headers`` plus the token's header."""
+    merged = dict(headers or {})
+    if token is not None:
+        merged[contract.GRPC_TOKEN_HEADER] = token
+    return merged
+
+
+def translate_error(
+    error: InferenceServerException, url: str, *, shed: bool = False, tls_reason: str | None = None
+) -> UbmError:
+    """The `UbmError` to raise for a call that failed for good at `url`.
+
+    Args:
+        error: what tritonclient raised.
+        url: the endpoint, for the message.
+        shed: the server's queue dropped the request (overload, not the client's timeout).
+        tls_reason: what `_security.diagnose_closed_connection` found, if anything.
+    """
+    if _security.token_refused(error):
+        return AuthenticationError(_security.authentication_message(url))
+    if _security.handshake_failed(error):
+        return TlsError(_security.handshake_message(url, error))
+    if tls_reason is not None:
+        return TlsError(tls_reason)
+    if shed:
+        return ServerUnavailableError(f"the server stayed overloaded: {error.message()}")
+    return from_triton_error(error)

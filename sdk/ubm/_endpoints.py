@@ -52,6 +52,8 @@ class Endpoint(Generic[_C]):
     client: _C
     unavailable_until: float = 0.0
     """`time.monotonic` time before which the endpoint is skipped."""
+    tls_checked: bool = False
+    """Whether a closed connection was diagnosed (`ubm._security`), which is done once."""
 
 
 class EndpointPool(Generic[_C]):

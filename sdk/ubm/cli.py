@@ -57,10 +57,19 @@ class Connection:
     url: str
     tls: TlsConfig | None
     headers: dict[str, str] = field(default_factory=dict)
+    token: str | None = field(default=None, repr=False)
+    model_version: str | None = None
 
     def client(self, **settings: Any) -> UbmClient:
         """A `UbmClient` for this connection with the command's own ``settings``."""
-        return UbmClient(self.url, tls=self.tls, headers=self.headers, **settings)
+        return UbmClient(
+            self.url,
+            tls=self.tls,
+            headers=self.headers,
+            token=self.token,
+            model_version=self.model_version,
+            **settings,
+        )
 
 
 class FatalError(click.ClickException):
@@ -82,7 +91,9 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
     for value in values:
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise click.BadParameter(f"expected 'Name: value', got {value!r}", ctx, param)
+            raise click.BadParameter(
+                "expected 'Name: value' (a name, a colon, then the value)", ctx, param
+            )
         # gRPC metadata keys are lower case.
         headers[name.strip().lower()] = content.strip()
     return headers
@@ -103,6 +114,9 @@ def connection_options(command: Callable[..., None]) -> Callable[..., None]:
         client_cert: Path | None,
         client_key: Path | None,
         header: dict[str, str],
+        token: str | None,
+        token_file: Path | None,
+        model_version: str | None,
         **kwargs: Any,
     ) -> None:
         use_tls = tls or any(p is not None for p in (root_cert, client_cert, client_key))
@@ -118,7 +132,10 @@ def connection_options(command: Callable[..., None]) -> Callable[..., None]:
             )
         except ValueError as e:
             raise click.UsageError(f"--client-cert and --client-key go together: {e}") from e
-        command(*args, connection=Connection(url, tls_config, header), **kwargs)
+        if token_file is not None:
+            token = token_file.read_text().strip()
+        connection = Connection(url, tls_config, header, token or None, model_version)
+        command(*args, connection=connection, **kwargs)
 
     options = [
         click.option(
@@ -143,6 +160,23 @@ def connection_options(command: Callable[..., None]) -> Callable[..., None]:
             callback=_parse_headers,
             metavar="'NAME: VALUE'",
             help="Metadata sent with every call, e.g. 'authorization: Bearer T'. Repeatable.",
+        ),
+        click.option(
+            "--token",
+            envvar=contract.TOKEN_ENV,
+            show_envvar=True,
+            help="The server's client token (ubm-build serve --token-file). Prefer the"
+            " environment variable or --token-file: a command line is visible to other users.",
+        ),
+        click.option(
+            "--token-file",
+            type=_cert_path,
+            help="File holding the server's client token (overrides --token).",
+        ),
+        click.option(
+            "--model-version",
+            metavar="N",
+            help="Call this version of the model  [default: the one the server serves].",
         ),
     ]
     for option in reversed(options):
@@ -376,7 +410,7 @@ _check_timeout_option = click.option(
 @_check_timeout_option
 @click.pass_context
 def info(ctx: click.Context, connection: Connection, timeout: float) -> None:
-    """Print the model's metadata and configuration as JSON.
+    """Print the served version, its build, the model's metadata and configuration as JSON.
 
     \b
     Exit status:
@@ -385,10 +419,17 @@ def info(ctx: click.Context, connection: Connection, timeout: float) -> None:
     """
     try:
         with connection.client(timeout_s=timeout, retry_deadline_s=0) as client:
-            described = {"metadata": client.metadata(), "config": client.config()}
+            metadata, config = client.metadata(), client.config()
     except UbmError as e:
         click.echo(f"ubm-client: {connection.url}: {type(e).__name__}: {e}", err=True)
         ctx.exit(EXIT_SERVER_FAILED)
+    build = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+    described = {
+        "version": ",".join(metadata.get("versions", [])),
+        "build": build,
+        "metadata": metadata,
+        "config": config,
+    }
     click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
 
 

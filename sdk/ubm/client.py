@@ -10,20 +10,23 @@ from typing import Any, TypeVar
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from ubm import contract
+from ubm import _security, contract
 from ubm._base import (
     RetryPolicy,
     build_inputs,
+    call_headers,
     check_batch,
     check_batch_size,
     check_timeout,
     parse_scores,
     request_timeout_us,
     requested_outputs,
+    translate_error,
     validate_records,
+    was_shed,
 )
 from ubm._concurrency import chunked, map_ordered
-from ubm._endpoints import EndpointPool, parse_urls
+from ubm._endpoints import Endpoint, EndpointPool, parse_urls
 from ubm.config import (
     DEFAULT_BACKOFF_S,
     DEFAULT_BATCH_SIZE,
@@ -35,7 +38,6 @@ from ubm.config import (
     TlsConfig,
     channel_options,
 )
-from ubm.exceptions import from_triton_error
 from ubm.records import Record
 from ubm.scores import Score
 
@@ -68,6 +70,10 @@ class UbmClient:
         cooldown_s: how long an endpoint that answered UNAVAILABLE is skipped.
         tls: TLS settings; None (the default) uses a plaintext channel.
         headers: gRPC metadata sent with every call, e.g. ``{"authorization": "Bearer ..."}``.
+        token: the server's client token (``ubm-build serve --token-file``), sent with every
+            call; a missing or wrong one raises `AuthenticationError` at once.
+        model_version: the model version to call, e.g. ``"3"``; None (the default) calls the
+            version the server serves, which a rollout changes without dropping a request.
 
     Raises:
         ValueError: a setting is out of range.
@@ -86,6 +92,8 @@ class UbmClient:
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         tls: TlsConfig | None = None,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        model_version: str | int | None = None,
     ) -> None:
         check_timeout(timeout_s)
         check_batch_size(batch_size)
@@ -96,7 +104,9 @@ class UbmClient:
         self._retry = RetryPolicy(
             deadline_s=retry_deadline_s, backoff_s=backoff_s, max_backoff_s=max_backoff_s
         )
-        self._headers = dict(headers or {})
+        self.model_version = "" if model_version is None else str(model_version)
+        self._headers = call_headers(headers, token)
+        self._tls = tls
         options = channel_options(tls)
         # Creating a channel does not connect; the first call does.
         self._endpoints = EndpointPool(
@@ -207,6 +217,7 @@ class UbmClient:
             lambda triton: triton.infer(
                 self.model,
                 inputs,
+                model_version=self.model_version,
                 outputs=outputs,
                 timeout=request_timeout_us(self.timeout_s),
                 client_timeout=self.timeout_s,
@@ -230,7 +241,10 @@ class UbmClient:
             return triton.is_server_ready(
                 headers=self._headers, client_timeout=self.timeout_s
             ) and triton.is_model_ready(
-                self.model, headers=self._headers, client_timeout=self.timeout_s
+                self.model,
+                self.model_version,
+                headers=self._headers,
+                client_timeout=self.timeout_s,
             )
         except InferenceServerException:
             return False
@@ -247,7 +261,11 @@ class UbmClient:
         """
         return self._call(
             lambda triton: triton.get_model_metadata(
-                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
+                self.model,
+                self.model_version,
+                headers=self._headers,
+                as_json=True,
+                client_timeout=self.timeout_s,
             )
         )
 
@@ -263,7 +281,11 @@ class UbmClient:
         """
         response = self._call(
             lambda triton: triton.get_model_config(
-                self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_s
+                self.model,
+                self.model_version,
+                headers=self._headers,
+                as_json=True,
+                client_timeout=self.timeout_s,
             )
         )
         return response["config"]
@@ -275,24 +297,39 @@ class UbmClient:
         attempt = 0
         while True:
             endpoint = self._endpoints.pick()
+            attempt_started = time.monotonic()
             try:
                 result = rpc(endpoint.client)
             except InferenceServerException as e:
+                shed = was_shed(e, time.monotonic() - attempt_started, self.timeout_s)
+                tls_reason = self._tls_reason(endpoint, e)
                 self._endpoints.report_failure(endpoint, e)
-                delay = self._retry.next_delay_s(
-                    e,
-                    attempt,
-                    time.monotonic() - started,
-                    model_was_served=self._endpoints.model_was_served,
+                delay = (
+                    None
+                    if tls_reason
+                    else self._retry.next_delay_s(
+                        e,
+                        attempt,
+                        time.monotonic() - started,
+                        model_was_served=self._endpoints.model_was_served,
+                        shed=shed,
+                    )
                 )
                 if delay is None:
-                    raise from_triton_error(e) from e
+                    raise translate_error(e, endpoint.url, shed=shed, tls_reason=tls_reason) from e
                 time.sleep(delay)
                 self._check_open()  # closed meanwhile (Ctrl-C in the CLI): stop retrying
                 attempt += 1
             else:
                 self._endpoints.report_success()
                 return result
+
+    def _tls_reason(self, endpoint: Endpoint, error: InferenceServerException) -> str | None:
+        """A TLS explanation for an endpoint that closes our connections (asked once)."""
+        if endpoint.tls_checked or not _security.connection_closed(error):
+            return None
+        endpoint.tls_checked = True
+        return _security.diagnose_closed_connection(endpoint.url, self._tls)
 
     def _check_open(self) -> None:
         if self._closed:

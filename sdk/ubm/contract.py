@@ -43,3 +43,10 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_URL = f"localhost:{DEFAULT_GRPC_PORT}"
+
+TOKEN_HEADER = "ubm-token"
+"""The header that carries a server's client token (`ubm-build serve --token-file`) over HTTP."""
+GRPC_TOKEN_HEADER = f"triton-grpc-protocol-{TOKEN_HEADER}"
+"""The same over gRPC: Triton expects its restricted-protocol headers with this prefix."""
+TOKEN_ENV = "UBM_TOKEN"
+"""The environment variable both `ubm-build serve` and `ubm-client` read the token from."""

@@ -4,6 +4,12 @@ The hierarchy::
 
     UbmError
     ├── InvalidRecordError          a record failed client-side validation (nothing was sent)
+    ├── SecurityError               refused for security reasons; never retried
+    │   ├── AuthenticationError     the server requires a token and the call had none or a
+    │   │                           wrong one
+    │   └── TlsError                the TLS handshake failed: the server's certificate is not
+    │                               trusted, or it requires a client certificate, or one side
+    │                               speaks TLS and the other does not
     ├── TransportError              the request did not get a server answer
     │   ├── ServerUnavailableError  connection refused / UNAVAILABLE / RESOURCE_EXHAUSTED,
     │   │                           raised once the retries are used up
@@ -32,12 +38,26 @@ class InvalidRecordError(UbmError):
 
     Attributes:
         index: position of the record in the input sequence.
+        field: what is wrong, one of `ubm.records.ERROR_FIELDS`.
     """
 
     def __init__(self, index: int, error: RecordError) -> None:
         # Same "record <i>: <why>" wording as the server's preprocess model.
         super().__init__(f"record {index}: {error}")
         self.index = index
+        self.field = error.field
+
+
+class SecurityError(UbmError):
+    """The server refused the client, or the client the server, for security reasons."""
+
+
+class AuthenticationError(SecurityError):
+    """The server requires a token (``ubm-build serve --token-file``) and did not get it."""
+
+
+class TlsError(SecurityError):
+    """The TLS handshake failed; the message says which side refused and what to pass."""
 
 
 class TransportError(UbmError):

@@ -84,9 +84,13 @@ def test_parse_line_returns_the_record_of_a_valid_line():
         (b'{"id": "\xff\xfe"}\n', None, "not UTF-8 text: invalid start byte at byte 8"),
         (b"[1, 2]", None, "a record must be a JSON object, got a JSON array"),
         (b'{"events": [{"ts": 1, "type": "view", "item": "i"}]}', None, "id must be a string"),
-        (b'{"id": "u2"}', "u2", "events must be a list, got None"),
+        (b'{"id": "u2"}', "u2", "events must be a list, got nothing (the field is missing)"),
         (b'{"id": "u3", "events": []}', "u3", "events must not be empty"),
-        (b'{"id": "u4", "events": "view"}', "u4", "events must be a list, got 'view'"),
+        (
+            b'{"id": "u4", "events": "view"}',
+            "u4",
+            "events must be a list, got a string of 4 characters",
+        ),
         (b'{"id": [1], "events": []}', None, "id must be a string or integer, got a JSON array"),
         (b'{"id": 5, "events": [{"type": "view", "item": "i"}]}', "5", "events[0].ts"),
         (b'{"id": "u6", "events": [{"ts": "1", "type": "view", "item": "i"}]}', "u6", ".ts"),
@@ -260,14 +264,18 @@ def test_a_malformed_header_is_a_usage_error(header):
     assert "expected 'Name: value'" in result.stderr
 
 
-def test_info_prints_metadata_and_config(monkeypatch):
-    monkeypatch.setattr(UbmClient, "metadata", lambda self: {"name": "ubm"})
-    monkeypatch.setattr(UbmClient, "config", lambda self: {"max_batch_size": 256})
+def test_info_prints_the_version_its_build_metadata_and_config(monkeypatch):
+    metadata = {"name": "ubm", "versions": ["3"]}
+    config = {"max_batch_size": 256, "parameters": {"trained_at": {"string_value": "2026"}}}
+    monkeypatch.setattr(UbmClient, "metadata", lambda self: metadata)
+    monkeypatch.setattr(UbmClient, "config", lambda self: config)
     result = run(["info"])
     assert result.exit_code == 0
     assert orjson.loads(result.stdout) == {
-        "metadata": {"name": "ubm"},
-        "config": {"max_batch_size": 256},
+        "version": "3",
+        "build": {"trained_at": "2026"},
+        "metadata": metadata,
+        "config": config,
     }
 
 

@@ -6,18 +6,28 @@ matches this interpreter, starts the server on our own model repository and wait
 ensemble is ready. The python backend's stub runs in *this* virtual environment: it finds its
 interpreter through ``PATH``, so the environment's ``bin/`` goes first there.
 
+The server runs with ``--model-control-mode=explicit`` and loads the ensemble (which loads its
+steps) at start-up; `ubm_build.serving.rollout` switches versions while it runs.
+
 Hardening (the server is started so that):
 
 - Triton's APIs that our SDK never uses (shared-memory registration, logging, trace, model
-  repository) need a header holding a token generated per start, written owner-only to
-  ``<workdir>/admin-token``. Health, metadata, model config, statistics and inference stay open.
-  The token is also on tritonserver's command line, which local users can read in /proc unless
-  it is mounted with ``hidepid``: it keeps out network clients, not other users of the host.
+  repository: loading and unloading models) need a header holding a token generated per start,
+  written owner-only to ``<workdir>/admin-token``.
+- With a client token (`ServeSettings.token`), inference, metadata, model config and statistics
+  need it too (header `contract.TOKEN_HEADER`); health and readiness stay open for probes.
+  Without one they are open to whoever reaches the port.
+- Both tokens are on tritonserver's command line, which local users can read in /proc unless it
+  is mounted with ``hidepid``: they keep out network clients, not other users of the host.
+- With TLS, gRPC is encrypted (and with a client CA, clients need a certificate); Triton's HTTP
+  endpoint has no TLS, so it then listens on loopback only.
+- Everything under the workdir is owner-only (the directory is 0700, files 0600).
 - The python backend's shared-memory regions, which hold the raw records, are named with a
   prefix of our own (`shm_prefix`) and made owner-only. The backend sets their mode to 0644
   itself, whatever the umask (077 for the server), so a guard thread tightens them to 0600 as
-  they appear during start-up, before any request can reach them. Regions of our prefix that a
-  killed server left behind are removed when a server on the same gRPC port starts or stops.
+  they appear, before any request can reach them (at start-up, and while this process runs, for
+  the versions a rollout loads). Regions of our prefix that a killed server left behind are
+  removed when a server on the same gRPC port starts or stops.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -36,12 +45,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytriton
 
 from ubm import contract
+from ubm_build.serving.settings import Ports, ServeSettings, TlsSettings, free_port
+
+__all__ = ["Ports", "ServerError", "TritonServer", "free_port"]
 
 PYTRITON_DIR = Path(pytriton.__file__).resolve().parent / "tritonserver"
 PYTRITON_LIBS = PYTRITON_DIR.parent.parent / "nvidia_pytriton.libs"
@@ -52,6 +63,7 @@ SHM_DIR = Path("/dev/shm")
 SERVER_UMASK = 0o077
 REGION_MODE = 0o600
 REGION_GUARD_INTERVAL_S = 0.01
+RUN_DIR_MODE = 0o700
 ADMIN_TOKEN_FILE = "admin-token"
 SHM_PREFIX_FILE = "shm-prefix"
 # HTTP clients send ADMIN_HEADER; tritonserver prefixes the key of gRPC restrictions itself.
@@ -60,38 +72,12 @@ GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 # Triton's API groups our SDK and tools never call; health, metadata, inference, model-config
 # and statistics (read by the benchmarks) stay open.
 RESTRICTED_APIS = ("shared-memory", "logging", "trace", "model-repository")
+CLIENT_APIS = ("inference", "metadata", "model-config", "statistics")
+"""What a client token guards; health and readiness stay open for probes."""
 
 
 class ServerError(RuntimeError):
     """tritonserver failed to start, to become ready, or to stop."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Ports:
-    grpc: int = contract.DEFAULT_GRPC_PORT
-    http: int = contract.DEFAULT_HTTP_PORT
-    metrics: int = contract.DEFAULT_METRICS_PORT
-
-    @classmethod
-    def free(cls) -> Ports:
-        """Three ports nobody listens on now (for tests and benchmarks)."""
-        return cls(grpc=free_port(), http=free_port(), metrics=free_port())
-
-    @classmethod
-    def from_env(cls) -> Ports:
-        """Ports from UBM_GRPC_PORT, UBM_HTTP_PORT, UBM_METRICS_PORT (default 8001/8000/8002)."""
-        return cls(
-            grpc=int(os.environ.get("UBM_GRPC_PORT", contract.DEFAULT_GRPC_PORT)),
-            http=int(os.environ.get("UBM_HTTP_PORT", contract.DEFAULT_HTTP_PORT)),
-            metrics=int(os.environ.get("UBM_METRICS_PORT", contract.DEFAULT_METRICS_PORT)),
-        )
-
-
-def free_port() -> int:
-    """A localhost TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assemble_backends(directory: Path) -> Path:
@@ -214,6 +200,22 @@ def remove_stale_regions_of(workdir: Path, shm_dir: Path = SHM_DIR) -> list[Path
     return remove_stale_regions(prefix, shm_dir) if prefix else []
 
 
+# --- owner-only files ---------------------------------------------------------------------------
+
+
+def make_owner_only_dir(directory: Path) -> None:
+    """Create `directory` (and parents) and make it 0700, whatever it was before."""
+    directory.mkdir(parents=True, exist_ok=True, mode=RUN_DIR_MODE)
+    directory.chmod(RUN_DIR_MODE)
+
+
+def restrict_tree(directory: Path) -> None:
+    """Take every permission of group and others away below `directory`."""
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+
+
 # --- the admin token ----------------------------------------------------------------------------
 
 
@@ -242,10 +244,11 @@ def read_admin_token(workdir: Path) -> str:
 
 
 class TritonServer:
-    """A `tritonserver` process serving one model repository on localhost.
+    """A `tritonserver` process serving one model repository.
 
     Use as a context manager, or call `start` and `stop`. Logs go to `log_path`. `shm_dir`
     stands for /dev/shm, where the python backend's regions live (a parameter for tests).
+    `tls` and `token` turn on TLS and the client token (see the module's docstring).
     """
 
     def __init__(
@@ -257,6 +260,8 @@ class TritonServer:
         host: str = "127.0.0.1",
         verbose: bool = False,
         shm_dir: Path = SHM_DIR,
+        tls: TlsSettings | None = None,
+        token: str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.workdir = Path(workdir).resolve()
@@ -264,11 +269,30 @@ class TritonServer:
         self.host = host
         self.verbose = verbose
         self.shm_dir = Path(shm_dir)
+        self.tls = tls
+        self._token = token
         self.log_path = self.workdir / "tritonserver.log"
         self.admin_token_path = self.workdir / ADMIN_TOKEN_FILE
         self._process: subprocess.Popen | None = None
         self._guard: threading.Thread | None = None
         self._guard_done = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> TritonServer:
+        return cls(
+            settings.repository,
+            workdir=settings.run_dir,
+            ports=settings.ports,
+            host=settings.host,
+            verbose=settings.verbose,
+            tls=settings.tls,
+            token=settings.token,
+        )
+
+    @property
+    def http_host(self) -> str:
+        """Triton's HTTP has no TLS: with TLS on, it listens on loopback only."""
+        return "127.0.0.1" if self.tls else self.host
 
     @property
     def grpc_url(self) -> str:
@@ -290,19 +314,35 @@ class TritonServer:
     def command(self, admin_token: str) -> list[str]:
         """The tritonserver command line; `admin_token` unlocks the `RESTRICTED_APIS`."""
         backends = assemble_backends(self.workdir / "backends")
-        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_token}"
+        restricted = [f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_token}"]
+        if self._token:
+            restricted.append(f"{','.join(CLIENT_APIS)}:{contract.TOKEN_HEADER}={self._token}")
+        tls = []
+        if self.tls:
+            tls = [
+                "--grpc-use-ssl=true",
+                f"--grpc-server-cert={Path(self.tls.cert).resolve()}",
+                f"--grpc-server-key={Path(self.tls.key).resolve()}",
+            ]
+            if self.tls.client_ca:
+                tls += [
+                    "--grpc-use-ssl-mutual=true",
+                    f"--grpc-root-cert={Path(self.tls.client_ca).resolve()}",
+                ]
         return [
             str(PYTRITON_DIR / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backends}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            "--model-control-mode=none",
+            "--model-control-mode=explicit",
+            f"--load-model={contract.ENSEMBLE}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.ports.grpc}",
-            f"--grpc-restricted-protocol={restricted}",
-            f"--http-address={self.host}",
+            *tls,
+            *(f"--grpc-restricted-protocol={r}" for r in restricted),
+            f"--http-address={self.http_host}",
             f"--http-port={self.ports.http}",
-            f"--http-restricted-api={restricted}",
+            *(f"--http-restricted-api={r}" for r in restricted),
             f"--metrics-address={self.host}",
             f"--metrics-port={self.ports.metrics}",
             "--allow-gpu-metrics=false",
@@ -314,14 +354,16 @@ class TritonServer:
         """Start the server; `detach` lets it outlive this Python process (``make serve``).
 
         Removes the regions a killed server on the same gRPC port left behind, writes a new
-        admin token, and starts guarding the new regions' mode until `wait_ready` returns.
+        admin token, and starts guarding the new regions' mode until `stop` (a detached server
+        is guarded until `wait_ready` returns; `rollout` guards the versions it loads).
         """
         if self._process is not None:
             raise ServerError("server already started")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_owner_only_dir(self.workdir)
         remove_stale_regions(self.shm_prefix, self.shm_dir)
         write_owner_only(self.workdir / SHM_PREFIX_FILE, self.shm_prefix + "\n")
         command = self.command(write_admin_token(self.workdir))
+        restrict_tree(self.workdir / "backends")
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with open(log_fd, "ab") as log:
             self._process = subprocess.Popen(
@@ -358,7 +400,7 @@ class TritonServer:
     def _http_ok(self, path: str) -> bool:
         try:
             with urllib.request.urlopen(
-                f"http://{self.host}:{self.ports.http}{path}", timeout=2
+                f"http://{self.http_host}:{self.ports.http}{path}", timeout=2
             ) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
@@ -370,7 +412,7 @@ class TritonServer:
         """Block until the server and `model` are ready, with its regions owner-only.
 
         The python backend creates its regions while it loads the models, before the server
-        is ready, and (with ``--model-control-mode=none``) never after.
+        is ready; later ones come with the versions a rollout loads.
 
         Raises:
             ServerError: the process exited or `timeout_s` passed (the message ends with
@@ -381,7 +423,7 @@ class TritonServer:
             if not self.is_alive():
                 raise ServerError(f"tritonserver exited during start-up\n{self.log_tail()}")
             if self._http_ok("/v2/health/ready") and self._http_ok(f"/v2/models/{model}/ready"):
-                self._stop_guard()
+                tighten_regions(self.shm_prefix, self.shm_dir)
                 return
             time.sleep(0.25)
         raise ServerError(f"model {model!r} not ready after {timeout_s:.0f} s\n{self.log_tail()}")
