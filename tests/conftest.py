@@ -38,21 +38,19 @@ def examples() -> dict[str, list[data.Example]]:
     return data.examples_by_window(data.DEFAULT_CSV)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, examples) -> tuple[BehaviourModel, Path]:
+def make_tiny_model(
+    directory: Path, examples: dict[str, list[data.Example]], seed: int = 0
+) -> tuple[BehaviourModel, Path]:
     """A randomly initialised 2-layer BERT + head, saved like a trained model."""
-    directory = tmp_path_factory.mktemp("model")
-    model = BehaviourModel.tiny(DEFAULT_BASE_MODEL, MAX_LENGTH, seed=0)
+    model = BehaviourModel.tiny(DEFAULT_BASE_MODEL, MAX_LENGTH, seed=seed)
     model.head.fit_feature_scaling(feature_matrix(events_of(examples["train"][:500])))
     model.head.calibration_bias.fill_(-2.0)  # probabilities in a realistic range
     model.save(directory)
     return BehaviourModel.load(directory), directory
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
-    model, _ = tiny_model
-    directory = tmp_path_factory.mktemp("onnx")
+def export_tiny_model(model: BehaviourModel, directory: Path) -> tuple[Path, Path]:
+    """(encoder.onnx, head.onnx) of `model` in `directory`."""
     return (
         export.export_encoder(model, directory / "encoder.onnx"),
         export.export_head(model, directory / "head.onnx"),
@@ -60,20 +58,49 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
-    model, model_dir = tiny_model
+def tiny_model(tmp_path_factory, examples) -> tuple[BehaviourModel, Path]:
+    return make_tiny_model(tmp_path_factory.mktemp("model"), examples)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    return export_tiny_model(tiny_model[0], tmp_path_factory.mktemp("onnx"))
+
+
+def canary_records(examples: dict[str, list[data.Example]], n: int = 16) -> list[dict]:
+    """The first `n` test-window records, as a build's canary."""
+    return [{"id": ex.id, "events": ex.to_record()["events"]} for ex in examples["test"][:n]]
+
+
+def write_tiny_repository(
+    out: Path, model: BehaviourModel, model_dir: Path, onnx: tuple[Path, Path], canary: list[dict]
+) -> Path:
+    """A new version of a tiny model in the repository `out` (see `repository.write_repository`)."""
     spec = repository.RepositorySpec(
         max_length=MAX_LENGTH,
         hidden_size=model.spec.hidden_size,
         n_features=len(model.spec.feature_names),
     )
-    encoder_onnx, head_onnx = tiny_onnx
+    encoder_onnx, head_onnx = onnx
     return repository.write_repository(
-        tmp_path_factory.mktemp("model_repository"),
+        out,
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
         encoder_onnx=encoder_onnx,
         head_onnx=head_onnx,
+        canary_records=canary,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_model, tiny_onnx, tmp_path_factory, examples) -> Path:
+    model, model_dir = tiny_model
+    return write_tiny_repository(
+        tmp_path_factory.mktemp("model_repository"),
+        model,
+        model_dir,
+        tiny_onnx,
+        canary_records(examples),
     )
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 import torch
+from tritonclient.utils import InferenceServerException
 
 from ubm import contract
+from ubm.config import TlsConfig, channel_options
 from ubm_build import data, export, options, paths, steps
 from ubm_build.model import train
 from ubm_build.model.network import DEFAULT_BASE_MODEL
-from ubm_build.serving import repository, server
+from ubm_build.serving import repository, rollout, server, versions
 from ubm_build.serving import settings as settings_module
 
 PID_FILE = "tritonserver.pid"
@@ -77,6 +79,8 @@ def tuning_options(command):
         "encoder_rows_per_run": "Records per ONNX Runtime run of the encoder (0: whole batch).",
         "preprocess_instances": "Preprocess model instances.",
         "max_queue_delay_us": "Dynamic batching: longest wait for more requests, per model.",
+        "max_queue_size": "Backpressure: requests one model may queue, more are refused (0: none).",
+        "queue_timeout_ms": "Backpressure: longest wait in one model's queue before refusal.",
     }
     for field, help_text in reversed(helps.items()):
         command = click.option(
@@ -338,6 +342,136 @@ def serve_command(ctx: click.Context, config_file: Path | None, detach: bool, **
         triton.stop()
         pid_file.unlink(missing_ok=True)
     sys.exit(0)
+
+
+def rollout_options(command):
+    """The options `rollout` and `rollback` share: where the server and its repository are."""
+    shared = [
+        options.repository(help_text="The server's model repository."),
+        options.run_dir(),
+        click.option(
+            "--url",
+            default=lambda: f"localhost:{server.Ports.from_env().grpc}",
+            show_default="localhost:$UBM_GRPC_PORT",
+            help="The server's gRPC address.",
+        ),
+        click.option("--to", "version", type=click.IntRange(1), help="The version to serve."),
+        click.option("--root-cert", type=_file, help="PEM CA of the server's TLS certificate."),
+        click.option("--client-cert", type=_file, help="PEM client certificate (mutual TLS)."),
+        click.option("--client-key", type=_file, help="PEM client key (mutual TLS)."),
+        click.option(
+            "--token-file",
+            type=_file,
+            help=f"The server's client token (else ${contract.TOKEN_ENV}, if set).",
+        ),
+        click.option(
+            "--canary-atol",
+            default=rollout.DEFAULT_CANARY_ATOL,
+            show_default=True,
+            help="Largest tolerated |served - built| probability on a canary record.",
+        ),
+    ]
+    for option in reversed(shared):
+        command = option(command)
+    return command
+
+
+def _switch(
+    repository_dir: Path,
+    run_dir: Path,
+    url: str,
+    version: int | None,
+    canary_atol: float,
+    tls_files: dict[str, Path | None],
+    token_file: Path | None,
+    rollback: bool,
+) -> None:
+    """Run one switch and turn its errors into exit statuses (1: canary failed, 2: error)."""
+    admin_token_file = run_dir / server.ADMIN_TOKEN_FILE
+    if not admin_token_file.is_file():
+        raise click.ClickException(
+            f"no admin token in {run_dir}: pass the --run-dir of the running server"
+        )
+    token = settings_module.read_token(token_file) if token_file else None
+    token = token or os.environ.get(contract.TOKEN_ENV) or None
+    tls = None
+    if any(tls_files.values()):
+        tls = TlsConfig(
+            root_certificates=tls_files["root_cert"],
+            certificate_chain=tls_files["client_cert"],
+            private_key=tls_files["client_key"],
+        )
+    connection = rollout.Connection(
+        url, server.read_admin_token(run_dir), token, channel_options(tls)
+    )
+    prefix_file = run_dir / server.SHM_PREFIX_FILE
+    switch = rollout.Switch(
+        repository_dir,
+        connection,
+        _echo,
+        canary_atol=canary_atol,
+        shm_prefix=prefix_file.read_text().strip() if prefix_file.is_file() else None,
+    )
+    try:
+        if version is None:
+            version = (
+                switch.previous_version() if rollback else versions.versions(repository_dir)[-1]
+            )
+        report = switch.to(version)
+    except rollout.CanaryError as e:
+        _echo(f"rollout stopped, the old version still serves: {e}")
+        sys.exit(1)
+    except (rollout.RolloutError, InferenceServerException) as e:
+        raise FatalError(f"{'rollback' if rollback else 'rollout'} failed: {e}") from e
+    finally:
+        switch.close()
+    if report is not None:
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+        _echo(f"serving version {report.to_version} (was {report.from_version}): {phases}")
+
+
+class FatalError(click.ClickException):
+    """An error that stops a command with exit status 2."""
+
+    exit_code = 2
+
+
+@main.command("rollout")
+@rollout_options
+def rollout_command(**arguments) -> None:
+    """Switch the running server to the newest version in the repository (or --to N),
+    after a canary check, without dropping a request.
+
+    \b
+    Exit status: 0 switched (or served already), 1 the canary failed and the old version
+    still serves, 2 the switch could not be made.
+    """
+    _run_switch(arguments, rollback=False)
+
+
+@main.command("rollback")
+@rollout_options
+def rollback_command(**arguments) -> None:
+    """Switch the running server back to the version before the served one (or --to N).
+
+    \b
+    Exit status as for rollout.
+    """
+    _run_switch(arguments, rollback=True)
+
+
+def _run_switch(arguments: dict, *, rollback: bool) -> None:
+    tls_files = {k: arguments.pop(k) for k in ("root_cert", "client_cert", "client_key")}
+    _switch(
+        arguments["repository_dir"],
+        arguments["run_dir"],
+        arguments["url"],
+        arguments["version"],
+        arguments["canary_atol"],
+        tls_files,
+        arguments["token_file"],
+        rollback,
+    )
 
 
 @main.command("stop")

@@ -8,9 +8,11 @@ report      -> reports/<profile>/model_card.md, card.json, reliability.png
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,12 @@ import numpy as np
 from ubm_build import data, export
 from ubm_build.model import baselines, card, quality, train
 from ubm_build.model.network import BehaviourModel, load_tokenizer
-from ubm_build.serving import repository
+from ubm_build.serving import repository, versions
 
 Log = Callable[[str], None]
 PREDICTIONS = "predictions.npz"
+CANARY_RECORDS = 32
+"""Test-window records a rollout scores on a new version before it switches to it."""
 
 
 def train_step(
@@ -124,6 +128,9 @@ def repository_step(
             f" (alone vs in a batch: {chosen.batch_max_abs_diff}, at most {chosen.batch_bound})"
         )
     model = BehaviourModel.load(model_dir)
+    summary = json.loads((model_dir / "metrics.json").read_text())
+    test = data.examples_by_window(Path(summary["csv"]))["test"]
+    canary = random.Random(0).sample(test, min(CANARY_RECORDS, len(test)))
     spec = repository.RepositorySpec(
         max_length=model.spec.max_length,
         hidden_size=model.spec.hidden_size,
@@ -137,10 +144,36 @@ def repository_step(
         tokenizer_json=model_dir / "tokenizer.json",
         encoder_onnx=Path(chosen.path),
         head_onnx=onnx_dir / "head.onnx",
+        metadata=build_metadata(summary, chosen.variant),
+        canary_records=[{"id": ex.id, "events": ex.to_record()["events"]} for ex in canary],
     )
-    log(f"model repository ({target.value}, encoder {chosen.variant}) written to {out}")
+    log(
+        f"model repository ({target.value}, encoder {chosen.variant}) written to {out},"
+        f" version {versions.pinned_version(out)}"
+    )
     log(f"serving {spec.tuning}")
     return chosen.variant
+
+
+def build_metadata(summary: dict, variant: str) -> dict[str, str]:
+    """What the served ensemble says about its build (config parameters): training and the
+    data snapshot it was trained on."""
+    csv = Path(summary["csv"])
+
+    def moment(ts: int) -> str:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+    return {
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder_variant": variant,
+        "base_model": Path(summary["base_model"]).name,
+        "train_examples": str(summary["train_examples"]),
+        "test_roc_auc": f"{summary['test_roc_auc']:.4f}",
+        "data_file": csv.name,
+        "data_sha256": hashlib.sha256(csv.read_bytes()).hexdigest(),
+        "train_window": "/".join(moment(ts) for ts in data.WINDOWS["train"]),
+        "test_window": "/".join(moment(ts) for ts in data.WINDOWS["test"]),
+    }
 
 
 def report_step(

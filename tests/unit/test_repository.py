@@ -1,6 +1,7 @@
 """The generated model repository: configs valid for Triton, no train/serve skew."""
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from tritonclient.grpc import model_config_pb2
 from ubm import contract
 from ubm_build.inputs import behaviour_text, features, model_inputs
 from ubm_build.model.network import DEFAULT_BASE_MODEL
-from ubm_build.serving import repository
+from ubm_build.serving import repository, versions
 from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -46,14 +47,14 @@ def test_configs_match_golden_files():
         max_length=64, hidden_size=384, n_features=29, vocab_size=VOCAB_SIZE
     )
     for name, config in repository.model_configs(spec).items():
-        assert repository.to_pbtxt(config) == (GOLDEN / f"{name}.pbtxt").read_text(), name
+        assert versions.to_pbtxt(config) == (GOLDEN / f"{name}.pbtxt").read_text(), name
 
 
 def test_onnxruntime_target_uses_the_native_backend():
     spec = repository.RepositorySpec(
         max_length=64, hidden_size=384, n_features=29, target=repository.Target.ONNXRUNTIME
     )
-    encoder = repository.to_pbtxt(repository.model_configs(spec)[contract.ENCODER])
+    encoder = versions.to_pbtxt(repository.model_configs(spec)[contract.ENCODER])
     assert 'platform: "onnxruntime_onnx"' in encoder
     assert "backend" not in encoder
 
@@ -64,7 +65,7 @@ def test_repository_serves_the_training_code(tmp_path):
     for module in (behaviour_text, features, model_inputs):
         source = Path(module.__file__)
         assert sha256(preprocess / source.name) == sha256(source), source.name
-    assert {p.name for p in out.iterdir()} >= set(repository.MODELS)
+    assert {p.name for p in out.iterdir()} >= set(versions.MODELS)
     for name in (contract.ENCODER, contract.HEAD):
         assert (out / name / "1" / "model.onnx").read_bytes() == GRAPHS[name], name
 
@@ -160,3 +161,48 @@ def test_running_in_slices_gives_the_same_outputs(rows_per_run, runs):
     (sliced,) = run_in_slices(session, [contract.EMBEDDING], feeds, rows_per_run)
     np.testing.assert_array_equal(sliced, [[6 * row + 1] for row in range(13)])  # 3r + 3r+1
     assert session.runs == runs
+
+
+def test_each_write_adds_a_version_pins_it_and_keeps_the_newest_three(tmp_path):
+    out = write(tmp_path)
+    assert versions.pinned_version(out) == 1
+    for expected in (2, 3, 4):
+        write(tmp_path)
+        assert versions.pinned_version(out) == expected
+    for model in versions.MODELS:
+        assert versions.versions(out, model) == [2, 3, 4], model
+    ensemble = versions.read_config(out / contract.ENSEMBLE / "config.pbtxt")
+    assert [step.model_version for step in ensemble.ensemble_scheduling.step] == [4, 4, 4]
+    assert ensemble.parameters["build_version"].string_value == "4"
+    for model in versions.STEPS:
+        assert list(
+            versions.read_config(out / model / "config.pbtxt").version_policy.specific.versions
+        ) == [4]
+
+
+def test_the_build_record_holds_the_configs_and_metadata_of_its_version(tmp_path):
+    out = write(tmp_path)
+    build = versions.Build.read(out, 1)
+    assert build.version == 1 and build.metadata["build_version"] == "1"
+    assert set(build.configs) == set(versions.MODELS)
+    assert build.canary_probabilities == [] and build.canary_records(out) == []
+
+
+def test_builds_with_other_step_configs_cannot_be_rolled_out_side_by_side(tmp_path):
+    spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=29, vocab_size=10)
+    one = versions.Build(1, {}, repository.model_configs(spec, 1), [])
+    two = versions.Build(2, {"x": "y"}, repository.model_configs(spec, 2, {"x": "y"}), [])
+    assert versions.incompatibilities(one, two) == []
+    longer = replace(spec, max_length=128)
+    three = versions.Build(3, {}, repository.model_configs(longer, 3), [])
+    assert versions.incompatibilities(one, three) == [contract.PREPROCESS, contract.ENCODER]
+
+
+def test_pinning_an_older_build_makes_a_fresh_server_serve_it(tmp_path):
+    out = write(tmp_path)
+    write(tmp_path)
+    write(tmp_path)
+    versions.pin(out, versions.Build.read(out, 1))
+    assert versions.pinned_version(out) == 1
+    assert versions.prune(out, keep=1) == [2]  # the pinned version stays
+    assert versions.versions(out) == [1, 3]

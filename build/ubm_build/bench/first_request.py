@@ -36,13 +36,13 @@ from ubm_build.bench.commands import click_errors, count_option
 from ubm_build.bench.errors import BenchError
 from ubm_build.bench.report import Log
 from ubm_build.bench.workload import read_lines
-from ubm_build.serving import server
+from ubm_build.serving import server, versions
 from ubm_build.serving.warmup import WARMUP_DIR
 
 WITH_WARMUP = "warmup"
 WITHOUT_WARMUP = "no_warmup"
 VARIANTS = (WITH_WARMUP, WITHOUT_WARMUP)
-MODELS = (contract.PREPROCESS, contract.ENCODER, contract.HEAD)
+MODELS = versions.STEPS
 REQUEST_TIMEOUT_S = 600.0
 STATISTICS_WAIT_S = 2.0
 

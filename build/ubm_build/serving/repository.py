@@ -2,36 +2,31 @@
 
 Configs are built as dicts, validated by parsing them into Triton's protobuf `ModelConfig`, and
 written with protobuf's text format, so a typo in a field name fails the build, not the server.
+Each write adds a new version of all four models next to the ones before (`versions`).
 """
 
 from __future__ import annotations
 
 import enum
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from google.protobuf import json_format, text_format
 from tokenizers import Tokenizer
-from tritonclient.grpc import model_config_pb2
 
 import ubm.contract
 import ubm.records
 from ubm import contract
+from ubm.records import parse_record
+from ubm_build import export
 from ubm_build.inputs import behaviour_text, features, model_inputs
-from ubm_build.serving import warmup
+from ubm_build.serving import versions, warmup
+from ubm_build.serving.versions import read_config
 
 TRITON_MODELS = Path(__file__).with_name("triton_models")
-MODELS = (contract.ENSEMBLE, contract.PREPROCESS, contract.ENCODER, contract.HEAD)
 ENCODED = "encoded"
 """The ensemble's internal name for the encoder's output (see `contract.HEAD_EMBEDDING`)."""
-MAX_QUEUE_WAIT_US = 300_000_000
-"""Longest time a request waits in one model's queue before Triton rejects it (5 minutes).
-
-Triton lets a request shorten its queue timeout (the request's ``timeout`` parameter, in
-microseconds) only below the model's default timeout, and a default of 0 means "no timeout" and
-disables that override; so the default is a generous ceiling that no waiting client reaches,
-and a client's own timeout does the real work."""
 
 
 class Target(enum.Enum):
@@ -56,6 +51,14 @@ class Tuning:
     max_queue_delay_us: int = 0
     """How long each model's dynamic batcher waits for more requests. Under load, batches form
     anyway while a model is busy; a delay only adds latency when it is idle."""
+    max_queue_size: int = 32
+    """Backpressure: requests one model may hold waiting; more are refused at once
+    (UNAVAILABLE, "Exceeds maximum queue size"), which the SDK retries with backoff. 0: no
+    bound."""
+    queue_timeout_ms: int = 2000
+    """Backpressure: longest wait in one model's queue before the request is refused. A
+    client's own timeout, sent with each request, can only shorten it; the SDK retries a
+    request refused this way while its own timeout has not passed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,8 +85,9 @@ def _dynamic_batching(spec: RepositorySpec) -> dict:
         "max_queue_delay_microseconds": spec.tuning.max_queue_delay_us,
         "default_queue_policy": {
             "timeout_action": "REJECT",
-            "default_timeout_microseconds": MAX_QUEUE_WAIT_US,
+            "default_timeout_microseconds": spec.tuning.queue_timeout_ms * 1000,
             "allow_timeout_override": True,
+            "max_queue_size": spec.tuning.max_queue_size,
         },
     }
 
@@ -130,8 +134,13 @@ def _onnx_model(
     return config
 
 
-def model_configs(spec: RepositorySpec) -> dict[str, dict]:
+def model_configs(
+    spec: RepositorySpec, version: int = 1, metadata: Mapping[str, str] | None = None
+) -> dict[str, dict]:
     """The four model configs as plain dicts, keyed by model name.
+
+    Each serves `version` only, the ensemble's steps are pinned to it, and the ensemble's
+    parameters carry the build's `metadata`.
 
     Raises:
         ValueError: the CPU target without `spec.vocab_size`.
@@ -156,7 +165,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
         """One ensemble step; the maps go from the model's tensor names to the ensemble's."""
         return {
             "model_name": model,
-            "model_version": -1,
+            "model_version": version,
             "input_map": inputs,
             "output_map": outputs,
         }
@@ -168,7 +177,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
         contract.INPUT_IDS: contract.INPUT_IDS,
         contract.ATTENTION_MASK: contract.ATTENTION_MASK,
     }
-    return {
+    configs = {
         contract.ENSEMBLE: {
             "name": contract.ENSEMBLE,
             "platform": "ensemble",
@@ -223,54 +232,91 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             1,
         ),
     }
-
-
-def to_pbtxt(config: dict) -> str:
-    """Validate `config` against Triton's ModelConfig schema and render it as config.pbtxt."""
-    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
-    return text_format.MessageToString(message)
+    for config in configs.values():
+        config["version_policy"] = {"specific": {"versions": [version]}}
+    if metadata:
+        configs[contract.ENSEMBLE]["parameters"] = _string_parameters(dict(metadata))
+    return configs
 
 
 def write_repository(
-    out: Path, spec: RepositorySpec, *, tokenizer_json: Path, encoder_onnx: Path, head_onnx: Path
+    out: Path,
+    spec: RepositorySpec,
+    *,
+    tokenizer_json: Path,
+    encoder_onnx: Path,
+    head_onnx: Path,
+    metadata: Mapping[str, str] | None = None,
+    canary_records: Sequence[dict] = (),
+    keep_versions: int = versions.VERSIONS_KEPT,
 ) -> Path:
-    """(Re)write the four models under `out`; other entries of `out` are left alone.
+    """Add a new version of the four models under `out` and pin it; returns `out`.
+
+    The new version is one more than the newest there; all but the newest `keep_versions`
+    are deleted. Other entries of `out` are left alone.
+
+    Args:
+        out: the model repository (created if missing).
+        spec: shapes, target and tuning.
+        tokenizer_json, encoder_onnx, head_onnx: the model's files.
+        metadata: the build's description (training, data snapshot), shown by
+            ``ubm-client info`` from the ensemble's config parameters.
+        canary_records: records a rollout scores on this version before switching to it;
+            their expected scores are computed here with ONNX Runtime.
+        keep_versions: versions kept on disk, this one included.
 
     Raises:
         ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary.
     """
-    tokenizer_vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(
-        with_added_tokens=True
-    )
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if spec.vocab_size is None:
         spec = replace(spec, vocab_size=tokenizer_vocab)
     elif spec.vocab_size < tokenizer_vocab:
         raise ValueError(
             f"vocab_size {spec.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}"
         )
-    for name, config in model_configs(spec).items():
-        model_dir = out / name
-        shutil.rmtree(model_dir, ignore_errors=True)
-        (model_dir / "1").mkdir(parents=True)
-        (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+    version = versions.next_version(out)
+    metadata = {"build_version": str(version), **(metadata or {})}
+    configs = model_configs(spec, version, metadata)
+    for name in versions.MODELS:
+        directory = versions.version_dir(out, name, version)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
 
-    preprocess = out / contract.PREPROCESS / "1"
+    preprocess = versions.version_dir(out, contract.PREPROCESS, version)
     shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
     for module in (ubm.records, ubm.contract, behaviour_text, features, model_inputs):
         shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
     shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
+        directory = versions.version_dir(out, name, version)
         if spec.target is Target.CPU_PYTHON:
-            shutil.copy2(TRITON_MODELS / "onnx_model.py", out / name / "1" / "model.py")
-            shutil.copy2(ubm.contract.__file__, out / name / "1" / "contract.py")
-        shutil.copy2(onnx, out / name / "1" / "model.onnx")
+            shutil.copy2(TRITON_MODELS / "onnx_model.py", directory / "model.py")
+            shutil.copy2(ubm.contract.__file__, directory / "contract.py")
+        shutil.copy2(onnx, directory / "model.onnx")
     warmup.write_warmup_data(out, spec, tokenizer_json=tokenizer_json)
+
+    canary = list(canary_records)
+    expected = []
+    if canary:
+        events = [parse_record(record).events for record in canary]
+        probabilities, _ = export.onnx_predict(
+            encoder_onnx, head_onnx, tokenizer, events, spec.max_length
+        )
+        expected = [float(p) for p in probabilities]
+    build = versions.Build(version, metadata, configs, expected)
+    build.write(out, canary)
+    versions.pin(out, build)  # last: a failed write never changes what a server would load
+    versions.prune(out, keep_versions)
     return out
 
 
 def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:
-    """Which ``encoder-<variant>.onnx`` of `onnx_dir` the repository serves, by content."""
-    served = repository_dir / contract.ENCODER / "1" / "model.onnx"
+    """Which ``encoder-<variant>.onnx`` of `onnx_dir` the pinned version serves, by content."""
+    if versions.pinned_version(repository_dir) is None:
+        return None
+    served = versions.version_dir(repository_dir, contract.ENCODER) / "model.onnx"
     if not served.is_file():
         return None
     content = served.read_bytes()
@@ -291,5 +337,5 @@ def served_parameter(repository_dir: Path, model: str, key: str) -> int | None:
     path = repository_dir / model / "config.pbtxt"
     if not path.is_file():
         return None
-    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    config = read_config(path)
     return int(config.parameters[key].string_value) if key in config.parameters else None
