@@ -11,7 +11,7 @@ export UBM_HTTP_PORT ?= 8000
 export UBM_METRICS_PORT ?= 8002
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint model serve stop clean
+.PHONY: help install demo test lint model serve serve-tls stop rollout rollback clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,34 @@ model: $(BIN)/.installed ## data -> train -> export -> model repository (PROFILE
 
 serve: $(BIN)/.installed ## start Triton in the background on $(REPOSITORY), wait until ready
 	$(BIN)/ubm-build serve --repository $(REPOSITORY) --run-dir $(RUN_DIR) --detach
+
+# `make serve-tls`: a local try of TLS and the client token. A throwaway CA, a certificate for
+# localhost and a token are made in $(RUN_DIR)/tls (owner-only) on first use.
+TLS_DIR := $(RUN_DIR)/tls
+$(TLS_DIR)/server.crt:
+	mkdir -p $(TLS_DIR) && chmod 700 $(TLS_DIR)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+		-subj "/CN=ubm local CA" -addext basicConstraints=critical,CA:TRUE \
+		-keyout $(TLS_DIR)/ca.key -out $(TLS_DIR)/ca.crt 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+		-keyout $(TLS_DIR)/server.key -out $(TLS_DIR)/server.csr 2>/dev/null
+	openssl x509 -req -in $(TLS_DIR)/server.csr -CA $(TLS_DIR)/ca.crt -CAkey $(TLS_DIR)/ca.key \
+		-CAcreateserial -days 30 -out $(TLS_DIR)/server.crt 2>/dev/null \
+		-extfile <(printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+	openssl rand -hex 24 > $(TLS_DIR)/token
+	chmod 600 $(TLS_DIR)/*
+
+serve-tls: $(BIN)/.installed $(TLS_DIR)/server.crt ## like serve, with TLS and a token (local CA in .run/tls)
+	$(BIN)/ubm-build serve --repository $(REPOSITORY) --run-dir $(RUN_DIR) --detach \
+		--tls-cert $(TLS_DIR)/server.crt --tls-key $(TLS_DIR)/server.key --token-file $(TLS_DIR)/token
+	@echo "try: $(BIN)/ubm-client score examples/sessions.jsonl --url localhost:$(UBM_GRPC_PORT)" \
+		"--root-cert $(TLS_DIR)/ca.crt --token-file $(TLS_DIR)/token"
+
+rollout: $(BIN)/.installed ## switch the running server to the newest version in $(REPOSITORY)
+	$(BIN)/ubm-build rollout --repository $(REPOSITORY) --run-dir $(RUN_DIR) --url localhost:$(UBM_GRPC_PORT)
+
+rollback: $(BIN)/.installed ## switch the running server back to the version before
+	$(BIN)/ubm-build rollback --repository $(REPOSITORY) --run-dir $(RUN_DIR) --url localhost:$(UBM_GRPC_PORT)
 
 stop: $(BIN)/.installed ## stop the server started by `make serve`
 	$(BIN)/ubm-build stop --run-dir $(RUN_DIR)

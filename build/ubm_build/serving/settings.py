@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,13 @@ class Ports:
         return cls(grpc=free_port(), http=free_port(), metrics=free_port())
 
     @classmethod
-    def from_env(cls) -> Ports:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
         """Ports from UBM_GRPC_PORT, UBM_HTTP_PORT, UBM_METRICS_PORT (default 8001/8000/8002)."""
+        environ = os.environ if environ is None else environ
         return cls(
-            grpc=int(os.environ.get("UBM_GRPC_PORT", contract.DEFAULT_GRPC_PORT)),
-            http=int(os.environ.get("UBM_HTTP_PORT", contract.DEFAULT_HTTP_PORT)),
-            metrics=int(os.environ.get("UBM_METRICS_PORT", contract.DEFAULT_METRICS_PORT)),
+            grpc=int(environ.get("UBM_GRPC_PORT", contract.DEFAULT_GRPC_PORT)),
+            http=int(environ.get("UBM_HTTP_PORT", contract.DEFAULT_HTTP_PORT)),
+            metrics=int(environ.get("UBM_METRICS_PORT", contract.DEFAULT_METRICS_PORT)),
         )
 
 
@@ -181,7 +183,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {k: base / v if k in PATH_KEYS else v for k, v in values.items()}
 
 
-def build_settings(values: dict[str, Any], environ: dict[str, str] | None = None) -> ServeSettings:
+def build_settings(
+    values: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> ServeSettings:
     """`ServeSettings` from flat values (config file keys, later ones already merged in).
 
     The token comes from ``token_file``, else from the `TOKEN_ENV` environment variable.
@@ -194,7 +198,7 @@ def build_settings(values: dict[str, Any], environ: dict[str, str] | None = None
     for required in ("repository", "run_dir"):
         if values.get(required) is None:
             raise SettingsError(f"{required} is required")
-    env_ports = Ports.from_env() if environ is os.environ else Ports()
+    env_ports = Ports.from_env(environ)
     ports = Ports(
         grpc=values.get("grpc_port") or env_ports.grpc,
         http=values.get("http_port") or env_ports.http,
