@@ -20,7 +20,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
-from ubm_build.serving.triton_models import onnx_model
+from ubm_build.serving.triton_models import responses
 
 
 class FakeTensor:
@@ -99,7 +99,15 @@ FAKE_PB_UTILS = SimpleNamespace(
     Logger=FakeLogger,
     get_input_tensor_by_name=get_input_tensor_by_name,
 )
-FLAT_MODULES = ("contract", "records", "model_inputs", "behaviour_text", "features")
+FLAT_MODULES = (
+    "contract",
+    "records",
+    "model_inputs",
+    "behaviour_text",
+    "features",
+    "drift",
+    "responses",
+)
 """Modules the served model files import from their own directory."""
 
 
@@ -112,6 +120,9 @@ def load_served(repository: Path, model: str) -> Any:
         spec = importlib.util.spec_from_file_location(f"served_{model}", directory / "model.py")
         module: ModuleType = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        for name in FLAT_MODULES:  # the flat neighbours that talk to Triton, too
+            if hasattr(sys.modules.get(name), "pb_utils"):
+                sys.modules[name].pb_utils = FAKE_PB_UTILS
     finally:
         sys.path.remove(str(directory))
         for name in FLAT_MODULES:
@@ -150,7 +161,7 @@ def assert_error(response: FakeResponse, code: int, *fragments: str) -> str:
     assert response.error is not None, "expected an error response"
     message = response.error.message()
     assert response.error.code() == code, message
-    assert len(message) <= onnx_model.MAX_ERROR_CHARS, f"a message of {len(message)} characters"
+    assert len(message) <= responses.MAX_ERROR_CHARS, f"a message of {len(message)} characters"
     for fragment in fragments:
         assert fragment in message
     return message

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ubm_build import data, export
+from ubm_build.inputs import drift
 from ubm_build.model import baselines, card, quality, train
 from ubm_build.model.network import BehaviourModel, load_tokenizer
 from ubm_build.serving import repository, versions
@@ -129,8 +130,15 @@ def repository_step(
         )
     model = BehaviourModel.load(model_dir)
     summary = json.loads((model_dir / "metrics.json").read_text())
-    test = data.examples_by_window(Path(summary["csv"]))["test"]
+    windows = data.examples_by_window(Path(summary["csv"]))
+    test = windows["test"]
     canary = random.Random(0).sample(test, min(CANARY_RECORDS, len(test)))
+    reference = drift.reference_of(
+        train.events_of(windows["train"]),
+        load_tokenizer(model_dir),
+        model.spec.max_length,
+        holdout=train.events_of(windows["valid"]),
+    )
     spec = repository.RepositorySpec(
         max_length=model.spec.max_length,
         hidden_size=model.spec.hidden_size,
@@ -146,6 +154,7 @@ def repository_step(
         head_onnx=onnx_dir / "head.onnx",
         metadata=build_metadata(summary, chosen.variant),
         canary_records=[{"id": ex.id, "events": ex.to_record()["events"]} for ex in canary],
+        drift_reference=reference,
     )
     log(
         f"model repository ({target.value}, encoder {chosen.variant}) written to {out},"

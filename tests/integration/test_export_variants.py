@@ -130,7 +130,7 @@ def test_fusing_keeps_the_int8_arithmetic_and_the_fp32_residual(
     fused = int8.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
     qdq = int8.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
     assert "MatMulIntegerToFloat" not in {n.op_type for n in onnx.load(qdq).graph.node}
-    ids, mask, _ = model_inputs(tokenizer, events_of(examples["test"][:64]), model.spec.max_length)
+    ids, mask, *_ = model_inputs(tokenizer, events_of(examples["test"][:64]), model.spec.max_length)
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
     exact, fused_out, qdq_out = (
         export.ort_session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)

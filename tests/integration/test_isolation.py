@@ -22,13 +22,13 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ubm import contract
-from ubm_build.serving.triton_models import onnx_model
+from ubm_build.serving.triton_models import responses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ENSEMBLE_PREFIX = f"in ensemble '{contract.ENSEMBLE}', "
 """Triton puts this before the error message of a step of the ensemble."""
-MAX_MESSAGE = onnx_model.MAX_ERROR_CHARS + len(ENSEMBLE_PREFIX)
+MAX_MESSAGE = responses.MAX_ERROR_CHARS + len(ENSEMBLE_PREFIX)
 HUGE = 10_000_000
 GOOD_REQUESTS = 48
 BAD_REPEATS = 4

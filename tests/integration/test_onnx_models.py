@@ -50,7 +50,7 @@ def records(examples) -> list[dict]:
 
 
 def token_request(tokenizer, records: list[dict], cancelled: bool = False) -> FakeRequest:
-    ids, mask = encode_events(tokenizer, [parse_record(r).events for r in records], 64)
+    ids, mask, _ = encode_events(tokenizer, [parse_record(r).events for r in records], 64)
     return FakeRequest(cancelled, **{contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
 
 

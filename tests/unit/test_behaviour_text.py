@@ -104,6 +104,10 @@ def test_encoding_the_events_matches_tokenizing_the_full_text(tokenizer, max_len
     got = encode_events(tokenizer, sequences, max_length)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+    tokenizer.no_truncation()
+    full = tokenizer.encode_batch([behaviour_text(s) for s in sequences])
+    np.testing.assert_array_equal(got[2], [len(e.ids) > max_length for e in full])
+    assert got[2].any()
 
 
 def test_words_that_make_no_tokens_fall_back_to_the_full_text(tokenizer):
@@ -114,4 +118,6 @@ def test_words_that_make_no_tokens_fall_back_to_the_full_text(tokenizer):
     cut = tokenize(tokenizer, [behaviour_text(evs, max_words=48)], 48)
     full = tokenize(tokenizer, [behaviour_text(evs)], 48)
     assert cut[1].sum() < full[1].sum() == 48
-    np.testing.assert_array_equal(encode_events(tokenizer, [evs], 48)[0], full[0])
+    ids, _, truncated = encode_events(tokenizer, [evs], 48)
+    np.testing.assert_array_equal(ids, full[0])
+    assert truncated.tolist() == [True]

@@ -86,7 +86,7 @@ def seeds_way_row(records: Sequence[Record], setup: InProcess) -> Row:
     model = SeedsWayModel().eval()
 
     def score(one: Batch) -> None:
-        ids, mask = encode_events(setup.tokenizer, [one[0].events], setup.max_length)
+        ids, mask, _ = encode_events(setup.tokenizer, [one[0].events], setup.max_length)
         model(torch.from_numpy(ids % SEEDS_VOCAB_SIZE), torch.from_numpy(mask))
 
     latencies, seconds = time_calls([[record] for record in records], score)

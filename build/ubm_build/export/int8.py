@@ -35,7 +35,7 @@ class TokenCalibration(CalibrationDataReader):
     ) -> None:
         self._feeds: list[dict[str, np.ndarray]] = []
         for events in event_sequences:
-            ids, mask, _ = model_inputs(tokenizer, [events], max_length)
+            ids, mask, *_ = model_inputs(tokenizer, [events], max_length)
             n = int(mask.sum())
             self._feeds.append(
                 {contract.INPUT_IDS: ids[:, :n], contract.ATTENTION_MASK: mask[:, :n]}

@@ -228,7 +228,12 @@ def batch_dependence(
         for row, record in enumerate(rows):
             n = singles[record].ids.shape[1]
             ids[row, :n], mask[row, :n] = singles[record].ids[0], singles[record].mask[0]
-        return ModelInputs(ids, mask, np.concatenate([singles[r].features for r in rows]))
+        return ModelInputs(
+            ids,
+            mask,
+            np.concatenate([singles[r].features for r in rows]),
+            np.concatenate([singles[r].truncated for r in rows]),
+        )
 
     worst = 0.0
     for seed, layout in enumerate(BATCH_LAYOUTS, start=1):

@@ -103,24 +103,29 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarr
 
 def encode_events(
     tokenizer, event_sequences: Sequence[Sequence[EventLike]], max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`tokenize` of each sequence's `behaviour_text`, rendering only the events that can fit.
 
-    The texts are cut after `max_length` words. A word is at least one token and WordPiece
-    tokenizes words separately, so a cut text that still reaches `max_length` tokens gives the
-    same ids as the full one, for a fraction of the tokenizer's work. A cut text that comes
-    out shorter is encoded again from its full text.
+    The texts are cut after ``max_length + 2`` words. A word is at least one token and WordPiece
+    tokenizes words separately, so a cut text that overflows `max_length` tokens gives the same
+    ids as the full one, for a fraction of the tokenizer's work. A cut text that fits is encoded
+    again from its full text when the cut dropped words.
+
+    Returns:
+        (ids, mask, truncated): `truncated` (bool [n]) marks the texts that had more than
+        `max_length` tokens and were cut.
     """
-    texts = [behaviour_text(events, max_words=max_length) for events in event_sequences]
+    texts = [behaviour_text(events, max_words=max_length + 2) for events in event_sequences]
     encodings = _encode(tokenizer, texts, max_length)
-    short = [row for row, encoding in enumerate(encodings) if len(encoding.ids) < max_length]
-    full = {row: behaviour_text(event_sequences[row]) for row in short}
-    cut = [row for row in short if full[row] != texts[row]]  # short and actually cut
+    fits = [row for row, encoding in enumerate(encodings) if not encoding.overflowing]
+    full = {row: behaviour_text(event_sequences[row]) for row in fits}
+    cut = [row for row in fits if full[row] != texts[row]]  # fits, but words were dropped
     if cut:
         again = _encode(tokenizer, [full[row] for row in cut], max_length)
         for row, encoding in zip(cut, again, strict=True):
             encodings[row] = encoding
-    return _pad(tokenizer, encodings, max_length)
+    truncated = np.array([bool(encoding.overflowing) for encoding in encodings], dtype=bool)
+    return (*_pad(tokenizer, encodings, max_length), truncated)
 
 
 def _encode(tokenizer, texts: Sequence[str], max_length: int) -> list:

@@ -29,6 +29,8 @@ class ModelInputs(NamedTuple):
     """int64 [n, length]: 1 for a token, 0 for padding."""
     features: np.ndarray
     """float32 [n, F]: session features (`features.FEATURE_NAMES`)."""
+    truncated: np.ndarray
+    """bool [n]: the record's text had more than `max_length` tokens and was cut."""
 
 
 def model_inputs(
@@ -41,5 +43,5 @@ def model_inputs(
         event_sequences: each record's events, oldest first.
         max_length: the token limit; texts are cut from the right (the oldest events).
     """
-    ids, mask = encode_events(tokenizer, event_sequences, max_length)
-    return ModelInputs(ids, mask, feature_matrix(event_sequences))
+    ids, mask, truncated = encode_events(tokenizer, event_sequences, max_length)
+    return ModelInputs(ids, mask, feature_matrix(event_sequences), truncated)

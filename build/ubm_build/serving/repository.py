@@ -20,7 +20,7 @@ import ubm.records
 from ubm import contract
 from ubm.records import parse_record
 from ubm_build import export
-from ubm_build.inputs import behaviour_text, features, model_inputs
+from ubm_build.inputs import behaviour_text, drift, features, model_inputs
 from ubm_build.serving import versions, warmup
 from ubm_build.serving.versions import read_config
 
@@ -248,6 +248,7 @@ def write_repository(
     head_onnx: Path,
     metadata: Mapping[str, str] | None = None,
     canary_records: Sequence[dict] = (),
+    drift_reference: drift.DriftReference | None = None,
     keep_versions: int = versions.VERSIONS_KEPT,
 ) -> Path:
     """Add a new version of the four models under `out` and pin it; returns `out`.
@@ -263,6 +264,8 @@ def write_repository(
             ``ubm-client info`` from the ensemble's config parameters.
         canary_records: records a rollout scores on this version before switching to it;
             their expected scores are computed here with ONNX Runtime.
+        drift_reference: the training data's drift statistics, which ``preprocess`` exports
+            next to the served ones (without it, it exports the served ones only).
         keep_versions: versions kept on disk, this one included.
 
     Raises:
@@ -286,13 +289,17 @@ def write_repository(
 
     preprocess = versions.version_dir(out, contract.PREPROCESS, version)
     shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
-    for module in (ubm.records, ubm.contract, behaviour_text, features, model_inputs):
+    shutil.copy2(TRITON_MODELS / "responses.py", preprocess / "responses.py")
+    for module in (ubm.records, ubm.contract, behaviour_text, features, model_inputs, drift):
         shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
     shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
+    if drift_reference is not None:
+        drift.write_reference(preprocess, drift_reference)
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
         directory = versions.version_dir(out, name, version)
         if spec.target is Target.CPU_PYTHON:
             shutil.copy2(TRITON_MODELS / "onnx_model.py", directory / "model.py")
+            shutil.copy2(TRITON_MODELS / "responses.py", directory / "responses.py")
             shutil.copy2(ubm.contract.__file__, directory / "contract.py")
         shutil.copy2(onnx, directory / "model.onnx")
     warmup.write_warmup_data(out, spec, tokenizer_json=tokenizer_json)

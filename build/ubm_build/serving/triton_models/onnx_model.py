@@ -16,43 +16,41 @@ which is padding for both token ids and attention mask. The batch then runs in s
 ``rows_per_run`` records (config parameter, 0 = all at once): on a CPU a transformer is fastest
 on a few records at a time, whose activations stay in cache. If the batched run fails anyway,
 the requests run one by one, so only a request that fails on its own gets an error.
+
+A model whose outputs include ``purchase_probability`` (the head) observes every probability it
+returns in the histogram ``ubm_purchase_probability`` (buckets `PROBABILITY_BUCKETS`, labels:
+the model's name and version), Triton's warm-up samples included.
 """
 
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-try:
-    import contract  # copied next to this file in the model repository
+try:  # copied next to this file in the model repository
+    import contract
+    from responses import error_response, log_failure
 except ImportError:  # imported from the source tree (tests)
     from ubm import contract
+    from ubm_build.serving.triton_models.responses import (
+        error_response,
+        log_failure,
+    )
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton (tests)
     pb_utils = None
 
-MAX_ERROR_CHARS = 512
-"""Error messages are cut to this many characters (gRPC refuses long status messages)."""
+PROBABILITY_HISTOGRAM = "ubm_purchase_probability"
+PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Upper bounds of the probability histogram's buckets (Prometheus adds +Inf); finer where
+purchase probabilities mostly lie."""
 
 
 class RequestError(ValueError):
     """A request's inputs are unfit for the model; the message is safe to send to the client."""
-
-
-def short(message: str) -> str:
-    """`message`, cut to `MAX_ERROR_CHARS` characters."""
-    if len(message) <= MAX_ERROR_CHARS:
-        return message
-    return message[: MAX_ERROR_CHARS - 3] + "..."
-
-
-def error_response(message: str, code: int):
-    """An InferenceResponse that fails its request with `message` (cut) and `code`."""
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(short(message), code))
 
 
 def stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -127,6 +125,20 @@ class TritonPythonModel:
                 )
             self.vocab_size = int(params[contract.PARAM_VOCAB_SIZE])
             self.max_length = int(params[contract.PARAM_MAX_LENGTH])
+        self.probabilities = None
+        self.metrics_failed = False
+        has_metrics = getattr(pb_utils, "MetricFamily", None) is not None
+        if has_metrics and contract.PURCHASE_PROBABILITY in self.outputs:
+            # The family must outlive its metric, or the metric's operations fail.
+            self.probability_family = pb_utils.MetricFamily(
+                name=PROBABILITY_HISTOGRAM,
+                description="Purchase probabilities returned.",
+                kind=pb_utils.MetricFamily.HISTOGRAM,
+            )
+            self.probabilities = self.probability_family.Metric(
+                labels={"model": self.name, "version": args["model_version"]},
+                buckets=list(PROBABILITY_BUCKETS),
+            )
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; a request's failure is its own."""
@@ -142,8 +154,8 @@ class TritonPythonModel:
                 accepted.append(r)
             except RequestError as e:
                 responses[r] = error_response(str(e), pb_utils.TritonError.INVALID_ARG)
-            except Exception:
-                responses[r] = self.internal_error("reading a request's inputs")
+            except Exception as e:
+                responses[r] = self.internal_error("reading a request's inputs", e)
         if feeds:
             for r, response in zip(accepted, self.run_each_alone_on_failure(feeds), strict=True):
                 responses[r] = response
@@ -179,19 +191,20 @@ class TritonPythonModel:
         """Responses for `feeds` from one batched run or, if that fails, one run per request."""
         try:
             return self.run(feeds)
-        except Exception:
+        except Exception as e:
             if len(feeds) == 1:
-                return [self.internal_error("running a request")]
-            pb_utils.Logger.log_warn(
-                f"{self.name}: a batch of {len(feeds)} requests failed, running them one by one:"
-                f"\n{traceback.format_exc()}"
+                return [self.internal_error("running a request", e)]
+            log_failure(
+                f"{self.name}: a batch of {len(feeds)} requests failed, running them one by one",
+                e,
+                warning=True,
             )
         responses = []
         for feed in feeds:
             try:
                 responses.extend(self.run([feed]))
-            except Exception:
-                responses.append(self.internal_error("running a request"))
+            except Exception as e:
+                responses.append(self.internal_error("running a request", e))
         return responses
 
     def run(self, feeds: list[list[np.ndarray]]) -> list:
@@ -201,7 +214,7 @@ class TritonPythonModel:
         results = run_in_slices(self.session, self.outputs, batch, self.rows_per_run)
         bounds = np.cumsum(sizes)[:-1]
         per_output = [np.split(result, bounds) for result in results]
-        return [
+        responses = [
             pb_utils.InferenceResponse(
                 [
                     pb_utils.Tensor(name, parts[r])
@@ -210,10 +223,23 @@ class TritonPythonModel:
             )
             for r in range(len(feeds))
         ]
+        if self.probabilities is not None:
+            self.observe(results[self.outputs.index(contract.PURCHASE_PROBABILITY)])
+        return responses
 
-    def internal_error(self, doing: str):
-        """Log the current exception; a short INTERNAL error response without its details."""
-        pb_utils.Logger.log_error(f"{self.name}: failed {doing}:\n{traceback.format_exc()}")
+    def observe(self, probabilities: np.ndarray) -> None:
+        """Add `probabilities` to the histogram; a failure is logged once, never raised."""
+        try:
+            for value in probabilities.reshape(-1).tolist():
+                self.probabilities.observe(value)
+        except Exception as e:
+            if not self.metrics_failed:
+                self.metrics_failed = True
+                log_failure(f"{self.name}: observing probabilities failed (logged once)", e)
+
+    def internal_error(self, doing: str, error: BaseException):
+        """Log `error` (without its message); a short INTERNAL error response."""
+        log_failure(f"{self.name}: failed {doing}", error)
         return error_response(
             f"{self.name} failed on this request (server error, see the server log)",
             pb_utils.TritonError.INTERNAL,
