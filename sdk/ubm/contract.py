@@ -37,6 +37,10 @@ PARAM_ROWS_PER_RUN = "rows_per_run"
 PARAM_INTRA_OP_THREADS = "intra_op_threads"
 """encoder and head: ONNX Runtime's intra-op threads (0: every core)."""
 
+WARMUP_RECORD_ID = "ubm-warmup"
+"""The id of the record Triton sends through ``preprocess`` as it loads (``model_warmup``);
+requests made only of it are left out of the model's metrics."""
+
 MAX_BATCH_SIZE = 256
 """The largest number of records one request may carry."""
 DEFAULT_GRPC_PORT = 8001

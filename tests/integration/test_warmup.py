@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import InferenceServerClient, model_config_pb2
 
-from ubm import UbmClient, contract, parse_record_json
+from ubm import UbmClient, parse_record_json
 from ubm_build import paths
 from ubm_build.bench import first_request
 from ubm_build.serving import server
@@ -29,11 +29,11 @@ def warmup_batch_sizes(repository_dir, model: str) -> list[int]:
     return sorted(sample.batch_size for sample in config.model_warmup)
 
 
-def test_the_encoder_and_head_are_warmed_up_before_the_server_is_ready(tiny_repository, tmp_path):
+def test_the_steps_are_warmed_up_before_the_server_is_ready(tiny_repository, tmp_path):
     ports = server.Ports.free()
     with server.TritonServer(tiny_repository, workdir=tmp_path, ports=ports) as triton:
         with InferenceServerClient(triton.grpc_url) as client:
-            for model in (contract.ENCODER, contract.HEAD):
+            for model in first_request.MODELS:
                 sizes = warmup_batch_sizes(tiny_repository, model)
                 assert len(sizes) >= 2, model
                 (stats,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
@@ -67,7 +67,7 @@ def test_the_first_request_benchmark_compares_both_repositories(tiny_repository,
     )
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
-    assert set(written["warmup_samples"]) == {contract.ENCODER, contract.HEAD}
+    assert set(written["warmup_samples"]) == set(first_request.MODELS)
     assert written["first_request_ratio"] > 0
     for variant in first_request.VARIANTS:
         median = written["median"][variant]

@@ -3,6 +3,7 @@ models accept, and the benchmark's copy of a repository without them."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
+from ubm.records import parse_record_json
 from ubm_build.bench import first_request
 from ubm_build.inputs.features import FEATURE_NAMES
 from ubm_build.model.network import DEFAULT_BASE_MODEL
@@ -66,10 +68,10 @@ def test_the_model_configs_carry_the_samples():
     configs = repository.model_configs(SPEC)
     for model, samples in WARMUPS.items():
         assert configs[model]["model_warmup"] == samples(SPEC), model
-    for model in (contract.ENSEMBLE, contract.PREPROCESS):  # ensembles reject model_warmup
-        assert "model_warmup" not in configs[model], model
-        with pytest.raises(ValueError, match=model):
-            warmup.model_warmup(model, SPEC)
+    assert configs[contract.PREPROCESS]["model_warmup"] == warmup.preprocess_warmup(SPEC)
+    assert "model_warmup" not in configs[contract.ENSEMBLE]  # ensembles reject it
+    with pytest.raises(ValueError, match=contract.ENSEMBLE):
+        warmup.model_warmup(contract.ENSEMBLE, SPEC)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,16 @@ def test_the_encoder_sample_is_a_real_record_the_encoder_accepts(model_dirs):
     assert text.startswith("session")
 
 
+def test_the_preprocess_sample_is_one_warm_up_record_as_triton_serialises_bytes(model_dirs):
+    (sample_input,) = warmup.preprocess_warmup(SPEC)[0]["inputs"].values()
+    data = model_dirs / contract.PREPROCESS / warmup.WARMUP_DIR / sample_input["input_data_file"]
+    raw = data.read_bytes()
+    (length,) = struct.unpack("<I", raw[:4])
+    assert length == len(raw) - 4
+    record = parse_record_json(raw[4:])
+    assert record.id == contract.WARMUP_RECORD_ID and record.events
+
+
 def test_the_head_sample_is_finite_with_a_records_features(model_dirs):
     (sample, *_) = warmup.head_warmup(SPEC)
     embedding, features = (
@@ -152,6 +164,7 @@ def test_the_benchmark_strips_every_warmup_from_a_copy(tmp_path):
     )
     samples = len(warmup.batch_sizes(SPEC))
     assert first_request.warmup_samples(written) == {
+        contract.PREPROCESS: samples,
         contract.ENCODER: samples,
         contract.HEAD: samples,
     }

@@ -212,6 +212,7 @@ def model_configs(
             "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
             "dynamic_batching": _dynamic_batching(spec),
             "parameters": _string_parameters({contract.PARAM_MAX_LENGTH: spec.max_length}),
+            "model_warmup": warmup.model_warmup(contract.PREPROCESS, spec),
         },
         contract.ENCODER: _onnx_model(
             contract.ENCODER,

@@ -1,11 +1,11 @@
-"""Warm-up samples for the encoder and the head: Triton runs them as each model instance loads.
+"""Warm-up samples for the three steps: Triton runs them as each model instance loads.
 
 The first request to a freshly loaded ONNX Runtime session is slow (memory arenas, kernel
 selection, lazy initialisation); with ``model_warmup`` in a model's config, Triton sends sample
 requests through the model's own ``execute`` before it reports the model ready, so the first
-real request after a start or a rollout finds it warm. Ensembles reject ``model_warmup``;
-``preprocess`` has none yet, so its tokenizer's first call still falls on the first request
-(``python -m ubm_build.bench.first_request`` shows each model's share of it).
+real request after a start or a rollout finds it warm (the tokenizer of ``preprocess`` too).
+Ensembles reject ``model_warmup``; ``python -m ubm_build.bench.first_request`` measures the
+first request with and without.
 
 The encoder and head validate their inputs (ids inside the vocabulary, a 0/1 mask attending at
 least one token per row, finite floats), so zero or random data would fail the warm-up, and
@@ -13,6 +13,8 @@ with it the model's load. The samples are therefore a real record: of the first 
 records, the one with the most tokens, tokenised as ``preprocess`` does and padded to
 ``max_length``, and its session features. The head's embedding is zeros (finite, of the right
 width), since the encoder's real output is unknown when the repository is written.
+``preprocess`` gets the same record as JSON, with the id `contract.WARMUP_RECORD_ID`, which
+keeps it out of the metrics.
 
 Triton reads each input of a sample from ``<model>/warmup/<file>``: the raw little-endian bytes
 of *one* record. A sample of batch size ``B`` is ``B`` copies of that record, sent as ``B``
@@ -22,6 +24,8 @@ dynamic batch.
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,12 +85,21 @@ def head_warmup(spec: RepositorySpec) -> list[dict]:
     return _samples("record", inputs, spec)
 
 
+def preprocess_warmup(spec: RepositorySpec) -> list[dict]:
+    """The ``model_warmup`` entries of ``preprocess``: one JSON record."""
+    return _samples(
+        "record", {contract.RECORDS: _input("TYPE_STRING", [1], contract.RECORDS)}, spec
+    )
+
+
 def model_warmup(model: str, spec: RepositorySpec) -> list[dict]:
-    """`model`'s ``model_warmup`` entries: the encoder's or the head's.
+    """`model`'s ``model_warmup`` entries.
 
     Raises:
-        ValueError: `model` is neither.
+        ValueError: `model` is no step of the ensemble.
     """
+    if model == contract.PREPROCESS:
+        return preprocess_warmup(spec)
     if model == contract.ENCODER:
         return encoder_warmup(spec)
     if model == contract.HEAD:
@@ -113,9 +126,17 @@ def sample_arrays(
             f"the records have {inputs.features.shape[1]} features, the spec {spec.n_features}"
         )
     row = int(inputs.mask.sum(axis=1).argmax())
+    record = {**json.loads(lines[row]), "id": contract.WARMUP_RECORD_ID}
+    document = json.dumps(record).encode()
     padding = spec.max_length - inputs.ids.shape[1]
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     return {
+        contract.PREPROCESS: {
+            # Triton's BYTES serialisation: each element's length (4 bytes, little-endian) first.
+            contract.RECORDS: np.frombuffer(
+                struct.pack("<I", len(document)) + document, dtype=np.uint8
+            ),
+        },
         contract.ENCODER: {
             contract.INPUT_IDS: np.pad(inputs.ids[row], (0, padding), constant_values=pad_id),
             contract.ATTENTION_MASK: np.pad(inputs.mask[row], (0, padding)),
@@ -134,8 +155,8 @@ def write_warmup_data(
     tokenizer_json: Path,
     records_path: Path = paths.EXAMPLE_RECORDS,
 ) -> None:
-    """Write the data files of `encoder_warmup` and `head_warmup` under the two models'
-    directories in `repository_dir` (which must exist).
+    """Write the warm-up data files under the three steps' directories in `repository_dir`
+    (which must exist).
 
     Raises:
         ValueError: see `sample_arrays`.
@@ -143,7 +164,7 @@ def write_warmup_data(
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     for model, arrays in sample_arrays(spec, tokenizer, records_path).items():
         directory = repository_dir / model / WARMUP_DIR
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         for name, array in arrays.items():
             little_endian = array.astype(array.dtype.newbyteorder("<"), copy=False)
             (directory / (name + FILE_SUFFIX)).write_bytes(little_endian.tobytes())

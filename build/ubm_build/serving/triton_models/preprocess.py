@@ -77,15 +77,15 @@ def reason_of(error: RecordError) -> str:
     return reason if reason in INVALID_REASONS else OTHER
 
 
-def events_of(rows: np.ndarray) -> list:
-    """Each JSON record's events, sorted by time; RecordError names the bad row."""
-    events = []
+def records_of(rows: np.ndarray) -> list:
+    """Each JSON record, parsed (events sorted by time); RecordError names the bad row."""
+    records = []
     for i, raw in enumerate(rows.reshape(-1)):
         try:
-            events.append(parse_record_json(raw).events)
+            records.append(parse_record_json(raw))
         except RecordError as e:
             raise e.at_record(i) from e
-    return events
+    return records
 
 
 def inputs_of(tokenizer, events: list, max_length: int) -> ModelInputs:
@@ -320,7 +320,8 @@ class TritonPythonModel:
             return error_response("request cancelled", pb_utils.TritonError.CANCELLED)
         try:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
-            events = events_of(rows)
+            records = records_of(rows)
+            events = [record.events for record in records]
             inputs = inputs_of(self.tokenizer, events, self.max_length)
         except RecordError as e:
             reason, records = reason_of(e), rows.size
@@ -332,7 +333,8 @@ class TritonPythonModel:
                 "preprocess failed on this request (server error, see the server log)",
                 pb_utils.TritonError.INTERNAL,
             )
-        self.count(lambda m: m.record_scored(self.drift_counts(events, inputs)))
+        if any(record.id != contract.WARMUP_RECORD_ID for record in records):
+            self.count(lambda m: m.record_scored(self.drift_counts(events, inputs)))
         return pb_utils.InferenceResponse(
             [
                 pb_utils.Tensor(contract.INPUT_IDS, inputs.ids),
