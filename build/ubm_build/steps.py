@@ -175,7 +175,7 @@ def build_metadata(summary: dict, variant: str) -> dict[str, str]:
     return {
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "encoder_variant": variant,
-        "base_model": Path(summary["base_model"]).name,
+        "base_model": "/".join(Path(summary["base_model"]).parts[-2:]),
         "train_examples": str(summary["train_examples"]),
         "test_roc_auc": f"{summary['test_roc_auc']:.4f}",
         "data_file": csv.name,
