@@ -376,33 +376,43 @@ def rollout_options(command):
     return command
 
 
+class FatalError(click.ClickException):
+    """An error that stops a command with exit status 2."""
+
+    exit_code = 2
+
+
 def _switch(
+    *,
+    rollback: bool,
     repository_dir: Path,
     run_dir: Path,
     url: str,
     version: int | None,
     canary_atol: float,
-    tls_files: dict[str, Path | None],
+    root_cert: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
     token_file: Path | None,
-    rollback: bool,
 ) -> None:
-    """Run one switch and turn its errors into exit statuses (1: canary failed, 2: error)."""
-    admin_token_file = run_dir / server.ADMIN_TOKEN_FILE
-    if not admin_token_file.is_file():
-        raise click.ClickException(
-            f"no admin token in {run_dir}: pass the --run-dir of the running server"
-        )
-    token = settings_module.read_token(token_file) if token_file else None
-    token = token or os.environ.get(contract.TOKEN_ENV) or None
+    """Run one switch; exit 1 when the canary failed, 2 when the switch could not be made."""
+    command = "rollback" if rollback else "rollout"
+    if not (run_dir / server.ADMIN_TOKEN_FILE).is_file():
+        raise FatalError(f"no admin token in {run_dir}: pass the --run-dir of the running server")
+    try:
+        token = settings_module.read_token(token_file) if token_file else None
+    except settings_module.SettingsError as e:
+        raise FatalError(str(e)) from e
     tls = None
-    if any(tls_files.values()):
+    if root_cert or client_cert or client_key:
         tls = TlsConfig(
-            root_certificates=tls_files["root_cert"],
-            certificate_chain=tls_files["client_cert"],
-            private_key=tls_files["client_key"],
+            root_certificates=root_cert, certificate_chain=client_cert, private_key=client_key
         )
     connection = rollout.Connection(
-        url, server.read_admin_token(run_dir), token, channel_options(tls)
+        url,
+        server.read_admin_token(run_dir),
+        token or os.environ.get(contract.TOKEN_ENV) or None,
+        channel_options(tls),
     )
     prefix_file = run_dir / server.SHM_PREFIX_FILE
     switch = rollout.Switch(
@@ -414,26 +424,19 @@ def _switch(
     )
     try:
         if version is None:
-            version = (
-                switch.previous_version() if rollback else versions.versions(repository_dir)[-1]
-            )
+            newest = versions.versions(repository_dir)[-1]
+            version = switch.previous_version() if rollback else newest
         report = switch.to(version)
     except rollout.CanaryError as e:
-        _echo(f"rollout stopped, the old version still serves: {e}")
+        _echo(f"{command} stopped, the old version still serves: {e}")
         sys.exit(1)
-    except (rollout.RolloutError, InferenceServerException) as e:
-        raise FatalError(f"{'rollback' if rollback else 'rollout'} failed: {e}") from e
+    except (rollout.RolloutError, InferenceServerException, IndexError) as e:
+        raise FatalError(f"{command} failed: {e}") from e
     finally:
         switch.close()
     if report is not None:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
         _echo(f"serving version {report.to_version} (was {report.from_version}): {phases}")
-
-
-class FatalError(click.ClickException):
-    """An error that stops a command with exit status 2."""
-
-    exit_code = 2
 
 
 @main.command("rollout")
@@ -446,7 +449,7 @@ def rollout_command(**arguments) -> None:
     Exit status: 0 switched (or served already), 1 the canary failed and the old version
     still serves, 2 the switch could not be made.
     """
-    _run_switch(arguments, rollback=False)
+    _switch(rollback=False, **arguments)
 
 
 @main.command("rollback")
@@ -457,21 +460,7 @@ def rollback_command(**arguments) -> None:
     \b
     Exit status as for rollout.
     """
-    _run_switch(arguments, rollback=True)
-
-
-def _run_switch(arguments: dict, *, rollback: bool) -> None:
-    tls_files = {k: arguments.pop(k) for k in ("root_cert", "client_cert", "client_key")}
-    _switch(
-        arguments["repository_dir"],
-        arguments["run_dir"],
-        arguments["url"],
-        arguments["version"],
-        arguments["canary_atol"],
-        tls_files,
-        arguments["token_file"],
-        rollback,
-    )
+    _switch(rollback=True, **arguments)
 
 
 @main.command("stop")

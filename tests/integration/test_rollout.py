@@ -198,6 +198,7 @@ def test_rollout_and_rollback_under_load_drop_nothing(served, two_versions, tmp_
 
 def test_a_failed_canary_keeps_the_old_version(served, two_versions):
     before = int(served_version(served))
+    pinned = versions.pinned_version(served.model_repository)
     other = 3 - before
     record = versions.version_dir(served.model_repository, "ubm", other) / versions.BUILD_FILE
     honest = record.read_text()
@@ -211,9 +212,9 @@ def test_a_failed_canary_keeps_the_old_version(served, two_versions):
     assert refused.returncode == 1, refused.stderr
     assert "canary" in refused.stderr and "the old version still serves" in refused.stderr
     assert served_version(served) == str(before)
-    assert versions.pinned_version(served.model_repository) == before
-    pinned = UbmClient(served.grpc_url, model_version=other, retry_deadline_s=0)
-    with pinned as client, pytest.raises(UbmError):
+    assert versions.pinned_version(served.model_repository) == pinned
+    unserved = UbmClient(served.grpc_url, model_version=other, retry_deadline_s=0)
+    with unserved as client, pytest.raises(UbmError):
         client.score(two_versions.records[:1])
 
 
