@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from ubm import (
     AsyncUbmClient,
+    AuthenticationError,
     Event,
     InvalidRecordError,
     InvalidRequestError,
@@ -54,6 +55,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.requests: list[service_pb2.ModelInferRequest] = []
         self.fail_with: list[grpc.StatusCode] = []
         """Status codes to abort the next infer calls with, one per call."""
+        self.fail_message = "injected failure"
         self.reject_ids: set[str] = set()
         self.model_ready = True
         self.delay_s = 0.0
@@ -92,7 +94,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request, context):
         time.sleep(self.delay_s)
         if self.fail_with:
-            context.abort(self.fail_with.pop(0), "injected failure")
+            context.abort(self.fail_with.pop(0), self.fail_message)
         payloads = deserialize_bytes_tensor(request.raw_input_contents[0])
         for i, payload in enumerate(payloads):
             if orjson.loads(payload)["id"] in self.reject_ids:
@@ -340,6 +342,35 @@ def test_only_unavailable_and_resource_exhausted_are_retried_and_only_before_the
     assert policy.next_delay_s(error("StatusCode.UNAVAILABLE"), 1, elapsed_s=10.1) is None
     for status in ("StatusCode.INVALID_ARGUMENT", "StatusCode.DEADLINE_EXCEEDED", None):
         assert policy.next_delay_s(error(status), 0, elapsed_s=0) is None
+
+
+def test_the_token_and_the_pinned_version_go_with_every_call(connect, fake_triton):
+    fake, url = fake_triton
+    with connect(url, token="t0ken-of-sixteen-chars", model_version=3) as client:
+        client.score([record("a")])
+    assert fake.headers[-1][contract.GRPC_TOKEN_HEADER] == "t0ken-of-sixteen-chars"
+    assert fake.requests[-1].model_version == "3"
+
+
+def test_a_refused_token_raises_authentication_error_at_once(connect, fake_triton):
+    fake, url = fake_triton
+    fake.fail_with = [grpc.StatusCode.UNAVAILABLE] * 10
+    fake.fail_message = "This protocol is restricted, expecting header 'triton-grpc-protocol-x'"
+    with (
+        connect(url, retry_deadline_s=30, backoff_s=0) as client,
+        pytest.raises(AuthenticationError, match="authentication failed"),
+    ):
+        client.score([record("a")])
+    assert len(fake.requests) == 1
+
+
+def test_a_request_the_server_shed_from_its_queue_is_retried(connect, fake_triton):
+    fake, url = fake_triton
+    fake.fail_with = [grpc.StatusCode.UNAVAILABLE]
+    fake.fail_message = "Request timeout expired"  # long before the client's own timeout
+    with connect(url, timeout_s=30, retry_deadline_s=5, backoff_s=0) as client:
+        assert [s.id for s in client.score([record("a")])] == ["a"]
+    assert len(fake.requests) == 2
 
 
 def test_the_default_retry_budget_outlasts_a_server_restart():
