@@ -11,7 +11,8 @@ server's admin token):
 4. score the canary through the ensemble, then unload ``old`` and pin ``new`` on disk, so a
    restarted server serves it too.
 
-Rollback is the same switch to an older version still on disk. A request that arrives while the
+If any step fails, the server is switched back to ``old`` alone. Rollback is the same switch
+to an older version still on disk. A request that arrives while the
 ensemble is swapped may be answered NOT_FOUND; the SDK retries it.
 """
 
@@ -156,27 +157,40 @@ class Switch:
             )
         seconds: dict[str, float] = {}
         with self._guarding_regions():
-            with _timed(seconds, "load"):
-                self.log(f"loading version {version} of {', '.join(versions.STEPS)} next to {old}")
-                self._load_steps(new_build, [old, version])
             try:
+                with _timed(seconds, "load"):
+                    self.log(f"loading version {version} of the steps next to {old}")
+                    self._load_steps(new_build, [old, version])
                 with _timed(seconds, "canary"):
                     diff = self._check_canary(new_build, self._score_steps)
                 self.log(f"canary on the steps of {version}: max |p - build's| {diff:.2e}")
             except Exception:
-                self.log(f"unloading version {version} again")
-                self._load_steps(old_build, [old])
+                self._revert(old_build, switched=False)
                 raise
-            with _timed(seconds, "switch"):
-                self._load(new_build.configs[contract.ENSEMBLE])
-            self.log(f"ensemble switched to version {version}")
-            with _timed(seconds, "verify"):
-                diff = max(diff, self._check_canary(new_build, self._score_ensemble))
+            try:
+                with _timed(seconds, "switch"):
+                    self._load(new_build.configs[contract.ENSEMBLE])
+                self.log(f"ensemble switched to version {version}")
+                with _timed(seconds, "verify"):
+                    diff = max(diff, self._check_canary(new_build, self._score_ensemble))
+            except Exception:
+                self._revert(old_build, switched=True)
+                raise
             with _timed(seconds, "unload"):
                 self._load_steps(new_build, [version])
             self.log(f"version {old} unloaded")
         versions.pin(self.repository_dir, new_build)
         return Report(old, version, diff, {k: round(v, 2) for k, v in seconds.items()})
+
+    def _revert(self, old_build: versions.Build, *, switched: bool) -> None:
+        """Serve `old_build` alone again after a failed switch (best effort, logged)."""
+        self.log(f"switching back to version {old_build.version}")
+        try:
+            if switched:
+                self._load(old_build.configs[contract.ENSEMBLE])
+            self._load_steps(old_build, [old_build.version])
+        except Exception as e:  # the original failure is the one to report
+            self.log(f"could not switch back cleanly: {e}")
 
     def _load(self, config: dict) -> None:
         self._triton.load_model(
