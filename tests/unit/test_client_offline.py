@@ -214,13 +214,15 @@ def test_gives_up_once_the_retry_deadline_has_passed(connect, fake_triton):
     fake.fail_with = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 1000
     started = time.monotonic()
     with (
-        connect(url, retry_deadline_s=0.3, backoff_s=0.05, max_backoff_s=0.05) as client,
+        connect(url, retry_deadline_s=1.0, backoff_s=0.05, max_backoff_s=0.05) as client,
         pytest.raises(ServerUnavailableError, match="injected failure") as info,
     ):
         client.score([record("a")])
     assert isinstance(info.value.__cause__, InferenceServerException)
-    assert 0.2 <= time.monotonic() - started < 2
-    assert 3 <= len(fake.requests) < 100
+    # It stops once the next retry would start after the deadline (a busy machine may slow
+    # each attempt, so the bounds are loose).
+    assert 0.9 <= time.monotonic() - started < 10
+    assert 2 <= len(fake.requests) < 1000
 
 
 def test_a_slow_server_raises_request_timeout(connect, fake_triton):

@@ -100,7 +100,7 @@ def pytorch_row(model: BehaviourModel, batches: Sequence[Batch], setup: InProces
     model.eval()
 
     def score(batch: Batch) -> np.ndarray:
-        ids, mask, features = setup.inputs(batch)
+        ids, mask, features, _ = setup.inputs(batch)
         embedding = model.encoder(torch.from_numpy(ids), torch.from_numpy(mask))
         return model.head(embedding, torch.from_numpy(features)).numpy()
 
@@ -122,7 +122,7 @@ def ort_row(
     encoder_session, head_session = export.ort_session(encoder), export.ort_session(head)
 
     def score(batch: Batch) -> np.ndarray:
-        ids, mask, features = setup.inputs(batch)
+        ids, mask, features, _ = setup.inputs(batch)
         feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
         embedding = run_in_slices(encoder_session, [contract.EMBEDDING], feeds, setup.rows_per_run)[
             0
