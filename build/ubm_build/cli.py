@@ -303,9 +303,10 @@ def serve_command(ctx: click.Context, config_file: Path | None, detach: bool, **
     """
     values = settings_module.read_config_file(config_file) if config_file else {}
     for name, value in given.items():
-        source = ctx.get_parameter_source(name)
-        if source is not click.core.ParameterSource.DEFAULT or name not in values:
-            values[{"repository_dir": "repository"}.get(name, name)] = value
+        key = {"repository_dir": "repository"}.get(name, name)
+        given_here = ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        if given_here or key not in values:
+            values[key] = value
     try:
         settings = settings_module.build_settings(values)
     except settings_module.SettingsError as e:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 from certificates import CertificateAuthority, Pair
+from click.testing import CliRunner
 
 from ubm import AuthenticationError, TlsConfig, TlsError, UbmClient
 from ubm.cli import EXIT_OK, EXIT_SERVER_FAILED
+from ubm_build import cli as build_cli
 from ubm_build.serving import server
 from ubm_build.serving.settings import TlsSettings
 
@@ -240,3 +242,34 @@ def test_the_cli_scores_over_tls_with_root_cert_and_token_from_the_environment(
     )
     assert untrusted.returncode == EXIT_SERVER_FAILED
     assert "TlsError" in untrusted.stderr and "not trusted" in untrusted.stderr
+
+
+def test_serve_reads_its_config_file_and_echoes_it_without_the_token(
+    tiny_repository, certs, tmp_path, monkeypatch
+):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    ports = server.Ports.free()
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'repository = "{tiny_repository}"\nrun_dir = "run"\n'
+        f"grpc_port = {ports.grpc}\nhttp_port = {ports.http}\nmetrics_port = {ports.metrics}\n"
+        f'tls_cert = "{certs.server.cert}"\ntls_key = "{certs.server.key}"\n'
+        'token_file = "token"\n'
+    )
+    monkeypatch.delenv("UBM_TOKEN", raising=False)
+    runner = CliRunner()
+    started = runner.invoke(build_cli.main, ["serve", "--config", str(config), "--detach"])
+    try:
+        assert started.exit_code == 0, started.output
+        assert f"token: required (from file {token_file})" in started.output
+        assert f"grpc: 127.0.0.1:{ports.grpc}" in started.output
+        assert TOKEN not in started.output
+        tls = TlsConfig(root_certificates=certs.ca.cert)
+        with UbmClient(f"localhost:{ports.grpc}", tls=tls, token=TOKEN) as client:
+            assert client.score([one_record()])
+        run_dir = tmp_path / "run"
+        assert all(p.stat().st_mode & 0o077 == 0 for p in [run_dir, *run_dir.rglob("*")])
+    finally:
+        stopped = runner.invoke(build_cli.main, ["stop", "--run-dir", str(tmp_path / "run")])
+    assert stopped.exit_code == 0, stopped.output
