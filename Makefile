@@ -92,7 +92,7 @@ LOADTEST_BATCH ?= 1
 LOADTEST_SHAPE ?=
 LOADTEST_ARGS ?=
 MODEL_READY := $(REPOSITORY)/ubm/config.pbtxt
-.PHONY: bench tune loadtest capacity bench-cli perf-analyzer-deps
+.PHONY: bench tune spike loadtest capacity bench-cli perf-analyzer-deps
 
 # A fresh clone has no model yet: these targets build the quick one first (`make model` again,
 # e.g. with PROFILE=full, to replace it).
@@ -104,6 +104,13 @@ bench: $(MODEL_READY) ## seeds' way vs PyTorch vs ONNX Runtime vs served -> resu
 
 tune: $(MODEL_READY) ## serve with each tuning variant, measure -> results/tuning.json
 	$(BIN)/python -m ubm_build.bench.tune --repository $(REPOSITORY)
+
+# `make spike`: the shipped queue bound (or SPIKE_ARGS, e.g. "--max-queue-size 0
+# --queue-timeout-ms 500 --peak-users 64") vs unbounded queues under the spike shape, 2 rounds
+# taking turns (~5 min).
+SPIKE_ARGS ?=
+spike: $(MODEL_READY) ## bounded vs unbounded server queues under a Locust spike -> results/spike.json
+	$(BIN)/python loadtest/spike_compare.py --repository $(REPOSITORY) $(SPIKE_ARGS)
 
 loadtest: $(MODEL_READY) ## short headless Locust run -> results/loadtest/ (CSV + HTML)
 	$(BIN)/python loadtest/run.py --repository $(REPOSITORY) --batch-size $(LOADTEST_BATCH) \

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from capacity_settings import CapacitySettings
 from capacity_steps import Step, describe, measure, stop_reason
+from refusals import REFUSED_TYPE, RefusedRequest
 
 SPAWN_RATE = 50.0
 """Users started per second: a step's users all run well before its warm-up ends."""
@@ -38,16 +39,23 @@ class StepRecorder:
         self.recording = False
 
     def on_request(
-        self, response_time: float, exception: BaseException | None = None, **_kwargs: object
+        self,
+        response_time: float,
+        exception: BaseException | None = None,
+        request_type: str = "",
+        name: str = "",
+        **_kwargs: object,
     ) -> None:
         if not self.recording:
             return
-        if exception is None:
+        refused = request_type == REFUSED_TYPE
+        if exception is None and not refused:
             self.latencies_ms.append(response_time)
             return
+        # A refusal ends the ramp like a failure: the server is past what it can hold.
         self.failures += 1
         if self.first_failure is None:
-            self.first_failure = exception
+            self.first_failure = RefusedRequest(name) if refused else exception
 
 
 def run_steps(

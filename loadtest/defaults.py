@@ -18,3 +18,5 @@ DEFAULT_RECORDS_FILE = ROOT / "examples" / "sessions.jsonl"
 """300 real test-day sessions (one JSON record a line), the same file `make demo` scores."""
 DEFAULT_BATCH_SIZE = 1
 """Records per request: one user scored per call, as an online service would."""
+DEFAULT_MODEL_DIR = ROOT / "artifacts" / "model"
+"""Where `ubm-build train` writes the model (to write repositories from it)."""

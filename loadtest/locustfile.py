@@ -11,26 +11,33 @@ the web UI, headless mode, ``--csv`` and ``--html`` all see it.
     locust -f loadtest/locustfile.py --host 127.0.0.1:8001 --headless -u 4 -r 4 -t 30s
     locust -f loadtest/locustfile.py,loadtest/shape_spike.py --host 127.0.0.1:8001 --headless
 
+A request that the server's queue bound turned away (full queue, or too long a wait in it; see
+`refusals.py`) is reported as request type ``refused``, named after its reason, and is no
+failure. The SDK retries refusals with backoff, so they show only once its retries are used up:
+``--retry-deadline 0`` turns retries off and shows each one.
+
 When Locust quits, ``--max-fail-ratio`` and ``--max-p99-ms`` decide its exit status, so that a
-load test can fail a pipeline (see `thresholds.py`). ``make loadtest`` and ``make capacity``
-start their own tritonserver and run these for you.
+load test can fail a pipeline (see `thresholds.py`); refused requests count in neither.
+``make loadtest`` and ``make capacity`` start their own tritonserver and run these for you.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
 import grpc.experimental.gevent as grpc_gevent
 
 # Importing locust monkey-patches the process for gevent, on which Locust runs its users.
-from locust import User, constant, events, task
+from locust import User, events, task
 from locust import log as locust_log
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.exception import LocustError
 from locust.runners import WorkerRunner
+from locust.stats import RequestStats, StatsEntry
 
 # tritonclient's gRPC client is grpcio, whose C core blocks every greenlet while one waits for
 # an answer unless it is told to cooperate with gevent: after gevent's patching, before any
@@ -39,6 +46,7 @@ grpc_gevent.init_gevent()
 
 from defaults import DEFAULT_BATCH_SIZE, DEFAULT_RECORDS_FILE  # noqa: E402
 from payloads import RecordPool, read_records, response_bytes  # noqa: E402
+from refusals import REFUSED_TYPE, refusal_reason  # noqa: E402
 from thresholds import (  # noqa: E402
     DEFAULT_MAX_FAIL_RATIO,
     Thresholds,
@@ -48,6 +56,7 @@ from thresholds import (  # noqa: E402
 )
 
 from ubm import UbmClient  # noqa: E402
+from ubm.config import DEFAULT_BACKOFF_S, DEFAULT_RETRY_DEADLINE_S  # noqa: E402
 
 REQUEST_TYPE = "grpc"
 DEFAULT_TIMEOUT_S = 30.0
@@ -82,6 +91,13 @@ def add_arguments(parser: LocustArgumentParser) -> None:
         help="seconds each request may take",
     )
     group.add_argument(
+        "--retry-deadline",
+        type=float,
+        default=DEFAULT_RETRY_DEADLINE_S,
+        help="seconds the SDK retries a request while the server is unreachable or refuses it"
+        " (0: no retries, so that every refusal is reported; default: %(default)s)",
+    )
+    group.add_argument(
         "--max-fail-ratio",
         type=fail_ratio,
         default=DEFAULT_MAX_FAIL_RATIO,
@@ -105,18 +121,32 @@ def apply_thresholds(environment: Environment, **_kwargs: object) -> None:
     options, runner = environment.parsed_options, environment.runner
     if options is None or runner is None or isinstance(runner, WorkerRunner):
         return
-    total = runner.stats.total
+    answered, refused = split_refused(runner.stats)
+    if refused:
+        logging.info("%d request(s) refused by the server's queue bound, not failures", refused)
     exit_code, reasons = verdict(
         Thresholds(options.max_fail_ratio, options.max_p99_ms),
-        total.num_requests,
-        total.num_failures,
-        total.get_response_time_percentile(0.99) if total.num_requests else None,
+        answered.num_requests,
+        answered.num_failures,
+        answered.get_response_time_percentile(0.99) if answered.num_requests else None,
         user_code_raised=bool(runner.exceptions) or locust_log.unhandled_greenlet_exception,
     )
     for reason in reasons:
         logging.error("load test failed: %s", reason)
     if exit_code is not None:
         environment.process_exit_code = exit_code
+
+
+def split_refused(stats: RequestStats) -> tuple[StatsEntry, int]:
+    """The requests other than refusals, as one entry (for the thresholds); the refusals' count."""
+    answered = StatsEntry(stats, "answered", "")
+    refused = 0
+    for entry in stats.entries.values():
+        if entry.method == REFUSED_TYPE:
+            refused += entry.num_requests
+        else:
+            answered.extend(entry)
+    return answered, refused
 
 
 def records_from(path: Path) -> list:
@@ -134,11 +164,11 @@ class UbmUser(User):
     (``locust.env.Environment`` in `capacity.py`), from the class attributes below.
     """
 
-    wait_time = constant(0)
     batch_size = DEFAULT_BATCH_SIZE
     records_file = DEFAULT_RECORDS_FILE
     embedding = False
     request_timeout = DEFAULT_TIMEOUT_S
+    retry_deadline = DEFAULT_RETRY_DEADLINE_S
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
@@ -147,15 +177,24 @@ class UbmUser(User):
         if "://" in self.host:
             raise LocustError(f"--host is a gRPC address HOST:PORT, not a URL: {self.host}")
         options = environment.parsed_options
-        for name in ("batch_size", "records_file", "embedding", "request_timeout"):
+        settings = ("batch_size", "records_file", "embedding", "request_timeout", "retry_deadline")
+        for name in settings:
             if options is not None and hasattr(options, name):
                 setattr(self, name, getattr(options, name))
         self.pool = RecordPool(records_from(self.records_file), self.batch_size)
         self.request_name = f"score_batch[{self.batch_size}]"
         self.client: UbmClient | None = None
+        self.pause_s = 0.0
+
+    def wait_time(self) -> float:
+        """No think time, but a refused user pauses as the SDK's first retry would, rather than
+        spinning against a full queue (which only burns the CPU the server needs)."""
+        return self.pause_s
 
     def on_start(self) -> None:
-        self.client = UbmClient(self.host, timeout_s=self.request_timeout)
+        self.client = UbmClient(
+            self.host, timeout_s=self.request_timeout, retry_deadline_s=self.retry_deadline
+        )
 
     def on_stop(self) -> None:
         if self.client is not None:
@@ -170,16 +209,23 @@ class UbmUser(User):
         scores, exception = (), None
         try:
             scores = self.client.score_batch(records, embedding=self.embedding)
-        except Exception as e:  # every failure is a failed request in the statistics
+        except Exception as e:  # a failed request, unless it is a refusal (below)
             exception = e
+        response_time = (time.perf_counter() - started) * 1000.0
+        refused = refusal_reason(exception)
+        self.pause_s = random.uniform(0.0, DEFAULT_BACKOFF_S) if refused else 0.0
         # The one call that makes a request show up in Locust's statistics and reports.
         self.environment.events.request.fire(
-            request_type=REQUEST_TYPE,
-            name=self.request_name,
-            response_time=(time.perf_counter() - started) * 1000.0,
+            request_type=REFUSED_TYPE if refused else REQUEST_TYPE,
+            name=f"{self.request_name} ({refused})" if refused else self.request_name,
+            response_time=response_time,
             response_length=response_bytes(scores),
             response=scores,
-            context={"records": len(records)},
-            exception=exception,
+            context={"records": len(records), "refused": refused},
+            exception=None if refused else exception,
             start_time=start_time,
         )
+        # The error's traceback holds this frame, which holds the error: a cycle that only the
+        # garbage collector frees, at the latest when Python exits, where closing the gRPC
+        # channels it keeps alive hangs under gevent. Broken here.
+        del exception
