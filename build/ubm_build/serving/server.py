@@ -69,8 +69,7 @@ SHM_PREFIX_FILE = "shm-prefix"
 # HTTP clients send ADMIN_HEADER; tritonserver prefixes the key of gRPC restrictions itself.
 ADMIN_HEADER = "ubm-admin-token"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-# Triton's API groups our SDK and tools never call; health, metadata, inference, model-config
-# and statistics (read by the benchmarks) stay open.
+# Triton's API groups our SDK and tools never call, behind the admin token (rollout sends it).
 RESTRICTED_APIS = ("shared-memory", "logging", "trace", "model-repository")
 CLIENT_APIS = ("inference", "metadata", "model-config", "statistics")
 """What a client token guards; health and readiness stay open for probes."""
