@@ -51,14 +51,16 @@ class Tuning:
     max_queue_delay_us: int = 0
     """How long each model's dynamic batcher waits for more requests. Under load, batches form
     anyway while a model is busy; a delay only adds latency when it is idle."""
-    max_queue_size: int = 32
+    max_queue_size: int = 128
     """Backpressure: requests one model may hold waiting; more are refused at once
     (UNAVAILABLE, "Exceeds maximum queue size"), which the SDK retries with backoff. 0: no
-    bound."""
+    bound. A bound below the clients' concurrency also caps the dynamic batches and was
+    measured to hurt (README, Backpressure)."""
     queue_timeout_ms: int = 2000
     """Backpressure: longest wait in one model's queue before the request is refused. A
     client's own timeout, sent with each request, can only shorten it; the SDK retries a
-    request refused this way while its own timeout has not passed."""
+    request refused this way while its own timeout has not passed. 500 ms cut a spike's p99
+    but shed bulk requests (README, Backpressure)."""
 
 
 @dataclass(frozen=True, kw_only=True)
