@@ -8,8 +8,10 @@ only: `examples` reads the whole Taobao CSV, `tiny_model` builds a torch BERT, a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,19 @@ class BlockingAsyncClient:
 
 async def _collect(scores: AsyncIterator[Score]) -> list[Score]:
     return [score async for score in scores]
+
+
+LOADTEST = Path(__file__).resolve().parents[1] / "loadtest"
+
+
+@pytest.fixture(scope="module")
+def loadtest_module() -> Iterator[Callable[[str], Any]]:
+    """`importlib.import_module` with loadtest/ on ``sys.path`` (its scripts import flat)."""
+    sys.path.insert(0, str(LOADTEST))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(LOADTEST))
 
 
 @pytest.fixture(params=["sync", "async"])

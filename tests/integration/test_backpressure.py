@@ -8,7 +8,6 @@ reports refusals apart from failures; `loadtest/spike_compare.py` measures both 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import shutil
 import statistics
@@ -49,15 +48,6 @@ SLO_SLACK_S = 2.0
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
 QUEUE_FULL = "Exceeds maximum queue size"
 QUEUE_TIMEOUT = "Request timeout expired"
-
-
-@pytest.fixture(scope="module")
-def loadtest_module():
-    sys.path.insert(0, str(LOADTEST))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(LOADTEST))
 
 
 @pytest.fixture(scope="module")

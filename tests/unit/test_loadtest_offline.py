@@ -8,7 +8,6 @@ what needs Locust runs in a subprocess.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import subprocess
 import sys
@@ -21,15 +20,6 @@ from ubm.scores import Score
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADTEST = ROOT / "loadtest"
-
-
-@pytest.fixture(scope="module")
-def loadtest_module():
-    sys.path.insert(0, str(LOADTEST))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(LOADTEST))
 
 
 @pytest.fixture(scope="module")
