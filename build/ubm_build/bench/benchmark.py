@@ -36,11 +36,10 @@ from pathlib import Path
 import click
 import torch
 
-from ubm import contract
 from ubm.records import Record
 from ubm_build import options, paths
 from ubm_build.bench import in_process, report, served
-from ubm_build.bench.commands import click_errors, count_option
+from ubm_build.bench.commands import batch_size_option, click_errors, count_option
 from ubm_build.bench.in_process import InProcess, ort_row, ort_row_name
 from ubm_build.bench.report import Log
 from ubm_build.bench.rows import Row, describe, latency_target, median_row, ratio
@@ -269,13 +268,7 @@ def _concurrency(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     DEFAULTS.single_records,
     "Records scored one per call for the latency rows.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
-    default=DEFAULTS.batch_size,
-    show_default=True,
-    help="Records per batch in process and per request served.",
-)
+@batch_size_option(DEFAULTS.batch_size, "Records per batch in process and per request served.")
 @click.option(
     "--max-length",
     type=click.IntRange(8),

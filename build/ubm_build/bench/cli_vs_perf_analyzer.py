@@ -37,10 +37,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ubm import config, contract
+from ubm import config
 from ubm_build import options, paths
 from ubm_build.bench import perf_analyzer, report
-from ubm_build.bench.commands import click_errors, count_option
+from ubm_build.bench.commands import batch_size_option, click_errors, count_option
 from ubm_build.bench.comparison import (
     TARGET_RATIO,
     ComparisonSettings,
@@ -117,12 +117,7 @@ def print_table(result: dict, console: Console) -> None:
     show_default=True,
 )
 @click.option("--records", "limit", type=click.IntRange(min=1), help="Use the first N records.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
-    default=PERF_ANALYZER_DEFAULTS.batch_size,
-    show_default=True,
-)
+@batch_size_option(PERF_ANALYZER_DEFAULTS.batch_size)
 @count_option("--concurrency", PERF_ANALYZER_DEFAULTS.concurrency)
 @click.option(
     "--cli-seconds",

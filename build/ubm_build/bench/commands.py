@@ -1,5 +1,5 @@
 """What the bench commands (`benchmark`, `tune`, `cli_vs_perf_analyzer`) share on their click
-side: count options, and the library's errors turned into click's."""
+side: count and batch-size options, and the library's errors turned into click's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import click
 
+from ubm import contract
 from ubm_build.bench.errors import BenchError
 from ubm_build.options import Decorator
 
@@ -16,6 +17,17 @@ def count_option(flag: str, default: int, help_text: str | None = None) -> Decor
     """An option taking a whole number of 1 or more, its default shown in ``--help``."""
     return click.option(
         flag, type=click.IntRange(1), default=default, show_default=True, help=help_text
+    )
+
+
+def batch_size_option(default: int, help_text: str | None = None) -> Decorator:
+    """``--batch-size``: records per request, 1 to `contract.MAX_BATCH_SIZE`."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, contract.MAX_BATCH_SIZE),
+        default=default,
+        show_default=True,
+        help=help_text,
     )
 
 

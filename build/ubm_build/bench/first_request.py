@@ -28,11 +28,11 @@ from rich.console import Console
 from tritonclient.grpc import InferenceServerClient, model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from ubm import UbmClient, UbmError, contract
+from ubm import UbmClient, UbmError
 from ubm.records import Record, RecordError, parse_record_json
 from ubm_build import options, paths
 from ubm_build.bench import report
-from ubm_build.bench.commands import click_errors, count_option
+from ubm_build.bench.commands import batch_size_option, click_errors, count_option
 from ubm_build.bench.errors import BenchError
 from ubm_build.bench.report import Log
 from ubm_build.bench.workload import read_lines
@@ -296,13 +296,7 @@ def print_table(result: dict, console: Console) -> None:
 @click.command(help=__doc__.split("\n\n")[0].replace("`", ""))
 @count_option("--rounds", DEFAULTS.rounds, "Starts of each repository, taking turns.")
 @count_option("--follow-ups", DEFAULTS.follow_ups, "Requests timed after the first.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
-    default=DEFAULTS.batch_size,
-    show_default=True,
-    help="Records per request.",
-)
+@batch_size_option(DEFAULTS.batch_size, "Records per request.")
 @options.repository(help_text="The model repository, written with warm-up.")
 @click.option(
     "--records",
