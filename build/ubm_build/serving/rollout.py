@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -156,7 +155,8 @@ class Switch:
                 " a restart on the new repository (ubm-build serve)"
             )
         seconds: dict[str, float] = {}
-        with self._guarding_regions():
+        guard = server.RegionGuard(self.shm_prefix) if self.shm_prefix else contextlib.nullcontext()
+        with guard:
             try:
                 with _timed(seconds, "load"):
                     self.log(f"loading version {version} of the steps next to {old}")
@@ -258,28 +258,6 @@ class Switch:
             contract.ENSEMBLE, version, build_inputs(parsed), [contract.PURCHASE_PROBABILITY]
         )
         return probability[:, 0].astype(np.float64)
-
-    @contextlib.contextmanager
-    def _guarding_regions(self) -> Iterator[None]:
-        """Keep the new stubs' shared-memory regions owner-only while versions load."""
-        if self.shm_prefix is None:
-            yield
-            return
-        done = threading.Event()
-
-        def guard() -> None:
-            while not done.is_set():
-                server.tighten_regions(self.shm_prefix)
-                done.wait(server.REGION_GUARD_INTERVAL_S)
-
-        thread = threading.Thread(target=guard, name="ubm-rollout-shm-guard", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-            server.tighten_regions(self.shm_prefix)
 
 
 def _tensor(name: str, array: np.ndarray) -> InferInput:

@@ -190,6 +190,42 @@ def remove_stale_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
     return removed
 
 
+class RegionGuard:
+    """Makes our regions with `prefix` owner-only as they appear, on a thread, until stopped.
+
+    Use it as a context manager, or call `start` and `stop`; `stop` makes one last pass.
+    """
+
+    def __init__(self, prefix: str, shm_dir: Path = SHM_DIR) -> None:
+        self.prefix, self.shm_dir = prefix, Path(shm_dir)
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._done.clear()
+        self._thread = threading.Thread(target=self._run, name="ubm-shm-guard", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            tighten_regions(self.prefix, self.shm_dir)
+            self._done.wait(REGION_GUARD_INTERVAL_S)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        tighten_regions(self.prefix, self.shm_dir)
+
+    def __enter__(self) -> RegionGuard:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 def remove_stale_regions_of(workdir: Path, shm_dir: Path = SHM_DIR) -> list[Path]:
     """`remove_stale_regions` for the prefix the last server started in `workdir` used."""
     prefix_file = Path(workdir) / SHM_PREFIX_FILE
@@ -273,8 +309,7 @@ class TritonServer:
         self.log_path = self.workdir / "tritonserver.log"
         self.admin_token_path = self.workdir / ADMIN_TOKEN_FILE
         self._process: subprocess.Popen | None = None
-        self._guard: threading.Thread | None = None
-        self._guard_done = threading.Event()
+        self._guard = RegionGuard(shm_prefix(self.ports.grpc), self.shm_dir)
 
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> TritonServer:
@@ -374,24 +409,7 @@ class TritonServer:
                 start_new_session=detach,
                 umask=SERVER_UMASK,
             )
-        self._guard_done.clear()
-        self._guard = threading.Thread(
-            target=self._guard_regions, name="ubm-shm-guard", daemon=True
-        )
         self._guard.start()
-
-    def _guard_regions(self) -> None:
-        while not self._guard_done.is_set():
-            tighten_regions(self.shm_prefix, self.shm_dir)
-            self._guard_done.wait(REGION_GUARD_INTERVAL_S)
-
-    def _stop_guard(self) -> None:
-        """End the guard thread after one last pass over the regions."""
-        self._guard_done.set()
-        if self._guard is not None:
-            self._guard.join()
-            self._guard = None
-        tighten_regions(self.shm_prefix, self.shm_dir)
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -435,10 +453,9 @@ class TritonServer:
         """
         if self._process is None:
             return
-        self._guard_done.set()
         stop_process(self._process.pid, timeout_s, self._process)
         self._process = None
-        self._stop_guard()
+        self._guard.stop()
         remove_stale_regions(self.shm_prefix, self.shm_dir)
 
     def log_tail(self, lines: int = 40) -> str:
