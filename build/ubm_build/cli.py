@@ -301,13 +301,13 @@ def serve_command(ctx: click.Context, config_file: Path | None, detach: bool, **
     Ports come from UBM_GRPC_PORT, UBM_HTTP_PORT and UBM_METRICS_PORT (8001/8000/8002) or the
     config file.
     """
-    values = settings_module.read_config_file(config_file) if config_file else {}
-    for name, value in given.items():
-        key = {"repository_dir": "repository"}.get(name, name)
-        given_here = ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-        if given_here or key not in values:
-            values[key] = value
     try:
+        values = settings_module.read_config_file(config_file) if config_file else {}
+        for name, value in given.items():
+            key = {"repository_dir": "repository"}.get(name, name)
+            given_here = ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+            if given_here or key not in values:
+                values[key] = value
         settings = settings_module.build_settings(values)
     except settings_module.SettingsError as e:
         raise click.UsageError(str(e)) from e

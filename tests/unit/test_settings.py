@@ -42,6 +42,23 @@ def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path):
         read_config_file(config)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('grpc_port = "8001"', "grpc_port must be an integer"),
+        ("grpc_port = 70000", "grpc_port must be from 1 to 65535"),
+        ("tls_cert = 5", "tls_cert must be a string"),
+        ("verbose = 1", "verbose must be true or false"),
+        ("startup_timeout_s = true", "startup_timeout_s must be an integer or a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_with_its_key(tmp_path, line, message):
+    config = tmp_path / "serve.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(SettingsError, match=message):
+        read_config_file(config)
+
+
 def test_the_token_comes_from_its_file_or_the_environment_and_is_never_echoed(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")

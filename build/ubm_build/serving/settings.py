@@ -146,39 +146,52 @@ class ServeSettings:
         return described
 
 
-FILE_KEYS = {
-    "repository",
-    "run_dir",
-    "host",
-    "grpc_port",
-    "http_port",
-    "metrics_port",
-    "tls_cert",
-    "tls_key",
-    "tls_client_ca",
-    "token_file",
-    "startup_timeout_s",
-    "verbose",
+FILE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "repository": str,
+    "run_dir": str,
+    "host": str,
+    "grpc_port": int,
+    "http_port": int,
+    "metrics_port": int,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_client_ca": str,
+    "token_file": str,
+    "startup_timeout_s": (int, float),
+    "verbose": bool,
 }
+"""The settings a config file may hold, with the TOML type each takes."""
 PATH_KEYS = {"repository", "run_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file"}
+PORT_KEYS = {"grpc_port", "http_port", "metrics_port"}
+TOML_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """The settings in a TOML file, with relative paths made relative to the file.
 
     Raises:
-        SettingsError: not TOML, or a key this version does not know.
+        SettingsError: not TOML, a key this version does not know, a value of the wrong type,
+            or a port outside 1 to 65535.
     """
     try:
         values = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SettingsError(f"config file {path}: {e}") from e
-    unknown = sorted(set(values) - FILE_KEYS)
+    unknown = sorted(set(values) - set(FILE_KEYS))
     if unknown:
         raise SettingsError(
             f"config file {path}: unknown setting(s) {', '.join(unknown)};"
             f" known: {', '.join(sorted(FILE_KEYS))}"
         )
+    for key, value in values.items():
+        expected = FILE_KEYS[key]
+        wrong_bool = isinstance(value, bool) and expected is not bool
+        if wrong_bool or not isinstance(value, expected):
+            kinds = expected if isinstance(expected, tuple) else (expected,)
+            names = " or ".join(TOML_TYPE_NAMES[kind] for kind in kinds)
+            raise SettingsError(f"config file {path}: {key} must be {names}")
+        if key in PORT_KEYS and not 1 <= value <= 65535:
+            raise SettingsError(f"config file {path}: {key} must be from 1 to 65535")
     base = Path(path).resolve().parent
     return {k: base / v if k in PATH_KEYS else v for k, v in values.items()}
 
