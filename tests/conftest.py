@@ -8,6 +8,7 @@ only: `examples` reads the whole Taobao CSV, `tiny_model` builds a torch BERT, a
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import os
@@ -22,7 +23,9 @@ from tokenizers import Tokenizer
 from ubm import AsyncUbmClient, UbmClient
 from ubm.scores import Score
 from ubm_build import data, export
-from ubm_build.inputs.features import feature_matrix
+from ubm_build.data.point_in_time import SERVING_AS_OF, EventLog
+from ubm_build.inputs import snapshot
+from ubm_build.inputs.model_inputs import RecordReader
 from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
 from ubm_build.model.train import events_of
 from ubm_build.serving import repository, server
@@ -40,14 +43,30 @@ def examples() -> dict[str, list[data.Example]]:
     return data.examples_by_window(data.DEFAULT_CSV)
 
 
+@functools.cache
+def serving_snapshot() -> snapshot.Snapshot:
+    """The real CSV's snapshot as of the test window's start: what a full build serves."""
+    return EventLog.read(data.DEFAULT_CSV).snapshot(SERVING_AS_OF)
+
+
 def make_tiny_model(
-    directory: Path, examples: dict[str, list[data.Example]], seed: int = 0
+    directory: Path,
+    examples: dict[str, list[data.Example]],
+    seed: int = 0,
+    snapshot_words: bool = True,
 ) -> tuple[BehaviourModel, Path]:
-    """A randomly initialised 2-layer BERT + head, saved like a trained model."""
-    model = BehaviourModel.tiny(DEFAULT_BASE_MODEL, MAX_LENGTH, seed=seed)
-    model.head.fit_feature_scaling(feature_matrix(events_of(examples["train"][:500])))
+    """A randomly initialised 2-layer BERT + head, saved like a trained model (with the
+    serving snapshot, and its words in the text unless `snapshot_words` is false)."""
+    model = BehaviourModel.tiny(
+        DEFAULT_BASE_MODEL, MAX_LENGTH, seed=seed, snapshot_words=snapshot_words
+    )
+    reader = RecordReader(
+        load_tokenizer(DEFAULT_BASE_MODEL), MAX_LENGTH, serving_snapshot(), snapshot_words
+    )
+    model.head.fit_feature_scaling(reader(events_of(examples["train"][:500])).features)
     model.head.calibration_bias.fill_(-2.0)  # probabilities in a realistic range
     model.save(directory)
+    serving_snapshot().save(directory / snapshot.FILE)
     return BehaviourModel.load(directory), directory
 
 
@@ -82,12 +101,14 @@ def write_tiny_repository(
         max_length=MAX_LENGTH,
         hidden_size=model.spec.hidden_size,
         n_features=len(model.spec.feature_names),
+        snapshot_words=model.spec.snapshot_words,
     )
     encoder_onnx, head_onnx = onnx
     return repository.write_repository(
         out,
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
+        snapshot_file=model_dir / snapshot.FILE,
         encoder_onnx=encoder_onnx,
         head_onnx=head_onnx,
         canary_records=canary,

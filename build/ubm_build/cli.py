@@ -6,6 +6,7 @@ import os
 import random
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from ubm import contract
 from ubm.config import TlsConfig, channel_options
 from ubm_build import data, export, options, paths, steps
+from ubm_build.data.point_in_time import EventLog
 from ubm_build.model import train
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, rollout, server, versions
@@ -135,7 +137,8 @@ def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) ->
 @options.csv()
 @options.model_dir(written=True)
 def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) -> None:
-    """Fine-tune encoder + head on the train window; report test-window ROC-AUC."""
+    """Adapt the encoder (masked-LM, if the profile says so), fit the head on point-in-time
+    features and text; report test-window ROC-AUC and write the ablation's scores."""
     steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
 
 
@@ -192,20 +195,78 @@ def repository_command(
 @profile_option
 @options.model_dir()
 @options.onnx_dir()
-@options.csv()
 @reports_option
 @variant_option
 def report_command(
     profile: str,
     model_dir: Path,
     onnx_dir: Path,
-    csv: Path,
     reports: Path | None,
     variant: str | None,
 ) -> None:
-    """Write the model card: baselines and the model on the test window, export checks."""
+    """Write the model card: baselines, the model and its ablation on the test window, export
+    checks."""
     served = variant or export.fastest_passing(export.read_reports(onnx_dir)).variant
-    steps.report_step(model_dir, onnx_dir, csv, reports or paths.REPORTS / profile, served, _echo)
+    steps.report_step(model_dir, onnx_dir, reports or paths.REPORTS / profile, served, _echo)
+
+
+def _moment(value: str) -> int:
+    """Unix seconds of ``--as-of``: unix seconds, or an ISO date or time (China time, the
+    data's clock, unless it names its offset)."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither unix seconds nor an ISO date or time", param_hint="--as-of"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=data.CHINA)
+    return int(moment.timestamp())
+
+
+@main.command("snapshot")
+@click.option(
+    "--as-of",
+    "as_of",
+    required=True,
+    help="Count events strictly before this time: unix seconds or ISO (e.g. 2017-12-03;"
+    " China time unless an offset is given).",
+)
+@options.csv()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the snapshot file here.",
+)
+@click.option(
+    "--repository",
+    "repository_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Add a version of this model repository that serves the pinned build with the new"
+    " snapshot, and pin it (`ubm-build rollout` then switches a running server to it).",
+)
+def snapshot_command(as_of: str, csv: Path, out: Path | None, repository_dir: Path | None) -> None:
+    """Compute the item and category snapshot as of a time (the nightly feature job)."""
+    if (out is None) == (repository_dir is None):
+        raise click.UsageError("give exactly one of --out and --repository")
+    taken = EventLog.read(csv).snapshot(_moment(as_of))
+    when = datetime.fromtimestamp(taken.as_of, data.CHINA).isoformat()
+    counts = f"{len(taken.items.ids)} items, {len(taken.categories.ids)} categories"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        taken.save(out)
+        _echo(f"snapshot as of {when}: {counts}, written to {out}")
+        return
+    try:
+        build = repository.refresh_snapshot(repository_dir, taken)
+    except FileNotFoundError as e:
+        raise click.ClickException(f"{repository_dir} has no pinned build to refresh: {e}") from e
+    _echo(
+        f"snapshot as of {when} ({counts}) is version {build.version} of {repository_dir},"
+        f" pinned; switch a running server to it with `ubm-build rollout`"
+    )
 
 
 @main.command("model")
@@ -246,7 +307,6 @@ def model_command(
     steps.report_step(
         model_dir,
         onnx_dir,
-        csv,
         reports or paths.REPORTS / profile,
         served,
         _echo,

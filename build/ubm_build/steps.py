@@ -1,6 +1,7 @@
 """The build steps. Each reads and writes files, so each can also run on its own:
 
-train       -> <model_dir>/ (model), metrics.json, predictions.npz (test window)
+train       -> <model_dir>/ (model, snapshot), metrics.json, evaluation.npz (features, labels,
+               test-window scores of the model and of each ablation row)
 export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx, variants.json
 repository  -> model_repository/ serving the fastest variant that passed
 report      -> reports/<profile>/model_card.md, card.json, reliability.png
@@ -18,13 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from ubm_build import data, export
+from ubm_build.data.point_in_time import EventLog
 from ubm_build.inputs import drift
-from ubm_build.model import baselines, card, quality, train
-from ubm_build.model.network import BehaviourModel, load_tokenizer
+from ubm_build.inputs.snapshot import FILE as SNAPSHOT_FILE
+from ubm_build.model import ablation, baselines, card, quality, train
+from ubm_build.model.network import BehaviourModel, load_reader
 from ubm_build.serving import repository, versions
 
 Log = Callable[[str], None]
-PREDICTIONS = "predictions.npz"
+EVALUATION = "evaluation.npz"
 CANARY_RECORDS = 32
 """Test-window records a rollout scores on a new version before it switches to it."""
 
@@ -32,19 +35,22 @@ CANARY_RECORDS = 32
 def train_step(
     profile: train.Profile, csv: Path, base_model: Path, model_dir: Path, log: Log
 ) -> dict:
-    result = train.train(profile, data.examples_by_window(csv), base_model, model_dir)
+    examples = data.examples_by_window(csv)
+    result = train.train(profile, examples, EventLog.read(csv), base_model, model_dir)
+    log(
+        f"trained on {result.summary['train_examples']} sessions in"
+        f" {result.summary['train_seconds']} s; test-window ROC-AUC"
+        f" {result.summary['test_roc_auc']:.4f} ({result.summary['test_examples']} sessions,"
+        f" {result.summary['test_positives']} positive)"
+    )
+    rows = ablation.ablation(result, base_model, c=profile.head_c)
     summary = {**result.summary, "base_model": str(base_model), "csv": str(csv)}
     (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    np.savez(
-        model_dir / PREDICTIONS,
-        test_logits=result.test_logits,
-        test_probabilities=result.test_probabilities,
-    )
-    log(
-        f"trained on {summary['train_examples']} sessions in {summary['train_seconds']} s;"
-        f" test-window ROC-AUC {summary['test_roc_auc']:.4f}"
-        f" ({summary['test_examples']} sessions, {summary['test_positives']} positive)"
-    )
+    arrays = {"test_logits": result.test_logits, "test_probabilities": result.test_probabilities}
+    for name, window in result.windows.items():
+        arrays |= {f"{name}_features": window.inputs.features, f"{name}_labels": window.labels}
+    arrays |= {f"ablation_{name}": scores for name, scores in rows.items()}
+    np.savez(model_dir / EVALUATION, **arrays)
     return summary
 
 
@@ -62,17 +68,17 @@ def export_step(
     int8-static is calibrated on `export.CALIBRATION_RECORDS` random train-window records.
     """
     model = BehaviourModel.load(model_dir)
-    tokenizer = load_tokenizer(model_dir)
+    reader = load_reader(model_dir)
     head = export.export_head(model, onnx_dir / "head.onnx")
     fp32 = export.export_encoder(model, onnx_dir / "encoder.onnx")
     examples = data.examples_by_window(csv)
     test = examples["test"]
     events, labels = train.events_of(test), train.labels_of(test)
-    reference = np.load(model_dir / PREDICTIONS)["test_probabilities"]
+    reference = np.load(model_dir / EVALUATION)["test_probabilities"]
     picked = random.Random(0).sample(
         examples["train"], min(export.CALIBRATION_RECORDS, len(examples["train"]))
     )
-    calibration = export.TokenCalibration(tokenizer, train.events_of(picked), model.spec.max_length)
+    calibration = export.TokenCalibration(reader, train.events_of(picked))
     reports = []
     for variant in export.Variant:
         encoder = export.derive_variant(
@@ -82,11 +88,10 @@ def export_step(
             variant,
             encoder,
             head,
-            tokenizer,
+            reader,
             events,
             labels,
             reference,
-            max_length=model.spec.max_length,
             atol=atol,
             max_int8_auc_loss=max_int8_auc_loss,
         )
@@ -129,13 +134,15 @@ def repository_step(
             f" (alone vs in a batch: {chosen.batch_max_abs_diff}, at most {chosen.batch_bound})"
         )
     model = BehaviourModel.load(model_dir)
+    reader = load_reader(model_dir)
     summary = json.loads((model_dir / "metrics.json").read_text())
     windows = data.examples_by_window(Path(summary["csv"]))
     test = windows["test"]
     canary = random.Random(0).sample(test, min(CANARY_RECORDS, len(test)))
+    train_events = train.events_of(windows["train"])
     reference = drift.reference_of(
-        train.events_of(windows["train"]),
-        load_tokenizer(model_dir),
+        train_events,
+        reader(train_events).truncated,
         model.spec.max_length,
         holdout=train.events_of(windows["valid"]),
     )
@@ -143,6 +150,7 @@ def repository_step(
         max_length=model.spec.max_length,
         hidden_size=model.spec.hidden_size,
         n_features=len(model.spec.feature_names),
+        snapshot_words=model.spec.snapshot_words,
         target=target,
         tuning=tuning or repository.Tuning(),
     )
@@ -150,6 +158,7 @@ def repository_step(
         out,
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
+        snapshot_file=model_dir / SNAPSHOT_FILE,
         encoder_onnx=Path(chosen.path),
         head_onnx=onnx_dir / "head.onnx",
         metadata=build_metadata(summary, chosen.variant),
@@ -188,35 +197,48 @@ def build_metadata(summary: dict, variant: str) -> dict[str, str]:
 def report_step(
     model_dir: Path,
     onnx_dir: Path,
-    csv: Path,
     out_dir: Path,
     served: str,
     log: Log,
     build_seconds: float | None = None,
 ) -> Path:
-    """Baselines and the BERT model on the same test window, written as a model card."""
-    examples = data.examples_by_window(csv)
-    test_labels = train.labels_of(examples["test"])
-    predictions = np.load(model_dir / PREDICTIONS)
+    """Baselines, the served model and its ablation on the same test window and the same
+    point-in-time features, written as a model card."""
+    evaluation = np.load(model_dir / EVALUATION)
     summary = json.loads((model_dir / "metrics.json").read_text())
-    curves = {}
-    models = {}
-    for name, result in baselines.run_baselines(examples).items():
+    features = {w: evaluation[f"{w}_features"] for w in train.WINDOW_NAMES}
+    labels = {w: evaluation[f"{w}_labels"] for w in train.WINDOW_NAMES}
+    test_labels = labels["test"]
+    curves, models, scores = {}, {}, {}
+    for name, result in baselines.run_baselines(features, labels).items():
         models[name] = quality.evaluate(
             test_labels, result.test_probabilities, uncalibrated=result.test_uncalibrated
         )
-        curves[name] = (test_labels, result.test_probabilities)
-    bert_uncalibrated = 1 / (1 + np.exp(-predictions["test_logits"].astype(np.float64)))
+        curves[name], scores[name] = (test_labels, result.test_probabilities), result.test_scores
+    bert_uncalibrated = 1 / (1 + np.exp(-evaluation["test_logits"].astype(np.float64)))
     models["bert"] = quality.evaluate(
-        test_labels, predictions["test_probabilities"], uncalibrated=bert_uncalibrated
+        test_labels, evaluation["test_probabilities"], uncalibrated=bert_uncalibrated
     )
-    curves["bert"] = (test_labels, predictions["test_probabilities"])
+    curves["bert"] = (test_labels, evaluation["test_probabilities"])
+    best = max(scores, key=lambda name: models[name].roc_auc)
+    rows = {name: scores[name] for name in scores}
+    rows |= {
+        name: evaluation[f"ablation_{name}"]
+        for name in ablation.TITLES
+        if f"ablation_{name}" in evaluation
+    }
+    comparisons = {
+        name: quality.compare(test_labels, row, scores[best]).to_dict()
+        for name, row in rows.items()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     quality.reliability_plot(curves, out_dir / "reliability.png")
     content = card.Card(
         summary=summary,
-        windows=card.window_counts(examples),
+        windows=card.window_counts(data.examples_by_window(Path(summary["csv"]))),
         models={name: m.to_dict() for name, m in models.items()},
+        ablation=comparisons,
+        best_baseline=best,
         variants=[r.to_dict() for r in export.read_reports(onnx_dir)],
         served_variant=served,
         build_seconds=build_seconds,

@@ -30,6 +30,8 @@ PURCHASE_PROBABILITY = "purchase_probability"
 # python-backend models, next to which this module is copied, read them.
 PARAM_MAX_LENGTH = "max_length"
 """preprocess and encoder: the longest token sequence."""
+PARAM_SNAPSHOT_WORDS = "snapshot_words"
+"""preprocess: "1" if the snapshot's words are rendered into the behaviour text, else "0"."""
 PARAM_VOCAB_SIZE = "vocab_size"
 """encoder: token ids must lie in [0, vocab_size)."""
 PARAM_ROWS_PER_RUN = "rows_per_run"

@@ -29,7 +29,7 @@ import gc
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from ubm_build.bench.report import Log
 from ubm_build.bench.rows import Row, describe, latency_target, median_row, ratio
 from ubm_build.bench.served import ServedConfig, served_row
 from ubm_build.bench.workload import batches_of, sample_records
-from ubm_build.model.network import BehaviourModel, load_tokenizer
+from ubm_build.model.network import BehaviourModel, load_reader
 from ubm_build.serving import server
 
 
@@ -99,9 +99,11 @@ def run(
     """
     model = BehaviourModel.load(model_dir)
     config = ServedConfig.read(repository_dir, onnx_dir)
+    reader = load_reader(model_dir)
+    if settings.max_length:
+        reader = replace(reader, max_length=settings.max_length)
     setup = InProcess(
-        tokenizer=load_tokenizer(model_dir),
-        max_length=settings.max_length or model.spec.max_length,
+        reader=reader,
         rows_per_run=(
             config.rows_per_run if settings.rows_per_run is None else settings.rows_per_run
         ),
@@ -111,7 +113,7 @@ def run(
     singles = batches_of(chosen[: settings.single_records], 1)
     log(
         f"{len(chosen)} test-day records, {settings.batch_size} per batch,"
-        f" max_length {setup.max_length}, served encoder: {config.variant or 'unknown'},"
+        f" max_length {setup.reader.max_length}, served encoder: {config.variant or 'unknown'},"
         f" {setup.rows_per_run or 'all'} records per run"
     )
     _log_mismatches(config, setup, repository_dir, onnx_dir, log)
@@ -176,10 +178,10 @@ def _log_mismatches(
     """Say where the in-process rows do not do what the server does."""
     if config.variant is None:
         log(f"warning: {repository_dir}'s encoder is none of {onnx_dir}/encoder-*.onnx")
-    if config.max_length not in (None, setup.max_length):
+    if config.max_length not in (None, setup.reader.max_length):
         log(
             f"warning: the server cuts records to {config.max_length} tokens,"
-            f" the in-process rows to {setup.max_length}"
+            f" the in-process rows to {setup.reader.max_length}"
         )
     if setup.rows_per_run != config.rows_per_run:
         log(
@@ -235,7 +237,7 @@ def _result(
         "records": len(chosen),
         "seeds_way_records": seeds.records,
         "batch_size": settings.batch_size,
-        "max_length": setup.max_length,
+        "max_length": setup.reader.max_length,
         "served_variant": variant,
         "served_max_length": config.max_length,
         "served_rows_per_run": config.rows_per_run,

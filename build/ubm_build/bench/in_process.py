@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch import nn
 from transformers import BertConfig, BertModel
 
@@ -24,8 +23,7 @@ from ubm.records import Record
 from ubm_build import export
 from ubm_build.bench.rows import Row, summarise, summarise_batches
 from ubm_build.bench.workload import Batch
-from ubm_build.inputs.behaviour_text import encode_events
-from ubm_build.inputs.model_inputs import ModelInputs, model_inputs
+from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
 from ubm_build.model.network import BehaviourModel
 from ubm_build.serving.triton_models.onnx_model import run_in_slices
 
@@ -40,15 +38,14 @@ COMPARED_VARIANTS = ("fp32", "int8-static")
 class InProcess:
     """How the in-process rows prepare records and run the encoder, as the server does."""
 
-    tokenizer: Tokenizer
-    max_length: int
-    """Tokens per record."""
+    reader: RecordReader
+    """The model's reader (tokenizer, token limit, snapshot)."""
     rows_per_run: int = 0
     """Records per ONNX Runtime encoder run, 0 for whole batches."""
 
     def inputs(self, batch: Batch) -> ModelInputs:
         """What ``preprocess`` hands the encoder and head for `batch`."""
-        return model_inputs(self.tokenizer, [record.events for record in batch], self.max_length)
+        return self.reader([record.events for record in batch])
 
 
 def time_calls(
@@ -86,7 +83,7 @@ def seeds_way_row(records: Sequence[Record], setup: InProcess) -> Row:
     model = SeedsWayModel().eval()
 
     def score(one: Batch) -> None:
-        ids, mask, _ = encode_events(setup.tokenizer, [one[0].events], setup.max_length)
+        ids, mask, *_ = setup.reader([one[0].events])
         model(torch.from_numpy(ids % SEEDS_VOCAB_SIZE), torch.from_numpy(mask))
 
     latencies, seconds = time_calls([[record] for record in records], score)

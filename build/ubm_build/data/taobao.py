@@ -17,16 +17,15 @@ import csv
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 import orjson
 
 from ubm.records import Event
-from ubm_build.inputs.behaviour_text import SESSION_GAP_S
+from ubm_build.inputs.behaviour_text import CHINA, SESSION_GAP_S
 from ubm_build.paths import DEFAULT_CSV
 
-CHINA = timezone(timedelta(hours=8))
 DATA_START = int(datetime(2017, 11, 25, tzinfo=CHINA).timestamp())
 """Events before the official window (a few dozen) are noise and dropped."""
 WINDOWS: dict[str, tuple[int, int]] = {

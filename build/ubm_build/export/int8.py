@@ -20,7 +20,7 @@ from onnxruntime.quantization import (
 
 from ubm import contract
 from ubm_build.inputs.behaviour_text import EventLike
-from ubm_build.inputs.model_inputs import model_inputs
+from ubm_build.inputs.model_inputs import RecordReader
 
 
 class TokenCalibration(CalibrationDataReader):
@@ -31,11 +31,11 @@ class TokenCalibration(CalibrationDataReader):
     """
 
     def __init__(
-        self, tokenizer, event_sequences: Sequence[Sequence[EventLike]], max_length: int
+        self, reader: RecordReader, event_sequences: Sequence[Sequence[EventLike]]
     ) -> None:
         self._feeds: list[dict[str, np.ndarray]] = []
         for events in event_sequences:
-            ids, mask, *_ = model_inputs(tokenizer, [events], max_length)
+            ids, mask, *_ = reader([events])
             n = int(mask.sum())
             self._feeds.append(
                 {contract.INPUT_IDS: ids[:, :n], contract.ATTENTION_MASK: mask[:, :n]}

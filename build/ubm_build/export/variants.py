@@ -41,7 +41,7 @@ from ubm_build.export.int8 import (
     quantize_int8_static,
     without_preprocessing_advice,
 )
-from ubm_build.inputs.model_inputs import ModelInputs, model_inputs
+from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
 from ubm_build.model.network import BehaviourModel
 
 DEFAULT_ATOL = 1e-4
@@ -177,16 +177,17 @@ def _probabilities(
 
 
 def onnx_predict(
-    encoder: Path, head: Path, tokenizer, events: Sequence[Sequence[Event]], max_length: int
+    encoder: Path, head: Path, reader: RecordReader, events: Sequence[Sequence[Event]]
 ) -> tuple[np.ndarray, float]:
-    """(probabilities, records per second) of an encoder + head pair on `events`."""
+    """(probabilities, records per second) of an encoder + head pair on `events`, read with
+    `reader`."""
     encoder_session, head_session = ort_session(encoder), ort_session(head)
     order = np.argsort([len(e) for e in events])
     out = np.empty(len(events), dtype=np.float32)
     started = time.perf_counter()
     for start in range(0, len(events), PARITY_BATCH_SIZE):
         rows = order[start : start + PARITY_BATCH_SIZE]
-        batch = model_inputs(tokenizer, [events[i] for i in rows], max_length)
+        batch = reader([events[i] for i in rows])
         out[rows] = _probabilities(encoder_session, head_session, batch)
     return out, len(events) / (time.perf_counter() - started)
 
@@ -210,7 +211,7 @@ BATCH_LAYOUTS = (
 
 
 def batch_dependence(
-    encoder: Path, head: Path, tokenizer, events: Sequence[Sequence[Event]], max_length: int
+    encoder: Path, head: Path, reader: RecordReader, events: Sequence[Sequence[Event]]
 ) -> float:
     """Largest |p alone - p in a batch| over the records of `events`.
 
@@ -219,7 +220,7 @@ def batch_dependence(
     served encoder stacks requests.
     """
     encoder_session, head_session = ort_session(encoder), ort_session(head)
-    singles = [model_inputs(tokenizer, [record], max_length) for record in events]
+    singles = [reader([record]) for record in events]
     alone = np.array([_probabilities(encoder_session, head_session, one)[0] for one in singles])
 
     def stacked(rows: Sequence[int], width: int) -> ModelInputs:
@@ -242,7 +243,7 @@ def batch_dependence(
         while start < len(order):
             rows = order[start : start + layout.sizes[turn % len(layout.sizes)]]
             width = (
-                max_length
+                reader.max_length
                 if layout.pad_to_max_length
                 else max(singles[i].ids.shape[1] for i in rows)
             )
@@ -258,25 +259,24 @@ def check_variant(
     variant: Variant,
     encoder: Path,
     head: Path,
-    tokenizer,
+    reader: RecordReader,
     events: Sequence[Sequence[Event]],
     labels: np.ndarray,
     reference: np.ndarray,
     *,
-    max_length: int,
     atol: float = DEFAULT_ATOL,
     max_int8_auc_loss: float = DEFAULT_MAX_INT8_AUC_LOSS,
     batch_records: int = BATCH_CHECK_RECORDS,
 ) -> VariantReport:
     """Score `events` with the variant, compare it with PyTorch's probabilities, and measure
     its batch dependence on `batch_records` of them (a fixed random choice)."""
-    probabilities, rate = onnx_predict(encoder, head, tokenizer, events, max_length)
+    probabilities, rate = onnx_predict(encoder, head, reader, events)
     diff = float(np.abs(probabilities - reference).max())
     auc = float(roc_auc_score(labels, probabilities))
     delta = auc - float(roc_auc_score(labels, reference))
     picked = np.random.default_rng(0).permutation(len(events))[:batch_records]
     checked = [events[i] for i in picked]
-    batch_diff = batch_dependence(encoder, head, tokenizer, checked, max_length)
+    batch_diff = batch_dependence(encoder, head, reader, checked)
     accurate = -delta <= max_int8_auc_loss if variant.is_int8 else diff <= atol
     passed = accurate and batch_diff <= variant.batch_bound
     return VariantReport(

@@ -1,8 +1,9 @@
 """Behaviour -> text -> tokens: the one implementation used by training and by the server.
 
 The build copies this file next to the Triton ``preprocess`` model, so what the model saw in
-training is byte-for-byte what it sees when served. It imports only the standard library and
-numpy; the tokenizer is passed in (a ``tokenizers.Tokenizer``).
+training is byte-for-byte what it sees when served. It imports only the standard library,
+numpy and the record schema (``records.py``, for `EVENT_TYPES`); the tokenizer is passed in (a
+``tokenizers.Tokenizer``).
 
 A user's events become one line of text: a summary of the current session (events since the
 last 30-minute pause) and of the earlier history, then the events newest first::
@@ -18,13 +19,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import timedelta, timezone
 from typing import Protocol
 
 import numpy as np
 
+try:  # in Triton's preprocess directory: the record schema's copy beside this file
+    from records import EVENT_TYPES
+except ImportError:  # in the source tree
+    from ubm.records import EVENT_TYPES
+
+__all__ = ["CHINA", "EVENT_TYPES", "SESSION_GAP_S", "behaviour_text", "encode_events"]
+
 SESSION_GAP_S = 30 * 60
-"""A pause longer than this starts a new session."""
-EVENT_TYPES = ("view", "cart", "fav", "buy")
+"""A pause longer than this starts a new session (the one session cut of data, text, features)."""
+CHINA = timezone(timedelta(hours=8))
+"""Taobao's clock: days, hours and weekdays are read in China time."""
 MAX_TEXT_EVENTS = 64
 """Events beyond the newest this many never fit the token budget; they are not rendered."""
 PAD_MULTIPLE = 16
@@ -61,11 +71,18 @@ def _counts(events: Sequence[EventLike]) -> str:
     return " ".join(f"{counts[kind]} {kind}" for kind in EVENT_TYPES)
 
 
-def behaviour_text(events: Sequence[EventLike], max_words: int | None = None) -> str:
+def behaviour_text(
+    events: Sequence[EventLike],
+    max_words: int | None = None,
+    id_words: Sequence[tuple[str, str]] | None = None,
+) -> str:
     """Render time-ordered (oldest first) events as the model's input text.
 
     With `max_words`, older events stop being rendered once the text has that many
     whitespace-separated words: the text is the full text cut at an event boundary.
+    With `id_words` (one ``(item word, category word)`` per event of the newest
+    `MAX_TEXT_EVENTS`, oldest first), each rendered id is followed by its word, e.g.
+    ``view item 2268318 rare cat 2520377 hot``.
     """
     if not events:
         raise ValueError("behaviour_text needs at least one event")
@@ -81,9 +98,10 @@ def behaviour_text(events: Sequence[EventLike], max_words: int | None = None) ->
         if max_words is not None and words >= max_words:
             break
         event = newest[i]
-        text = f"{event.type} item {event.item}"
+        item_word, category_word = id_words[i] if id_words is not None else ("", "")
+        text = f"{event.type} item {event.item}" + (f" {item_word}" if item_word else "")
         if event.category:
-            text += f" cat {event.category}"
+            text += f" cat {event.category}" + (f" {category_word}" if category_word else "")
         if i > 0:
             text += f" after {_duration(event.ts - newest[i - 1].ts)}"
         rendered.append(text)
@@ -102,9 +120,14 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarr
 
 
 def encode_events(
-    tokenizer, event_sequences: Sequence[Sequence[EventLike]], max_length: int
+    tokenizer,
+    event_sequences: Sequence[Sequence[EventLike]],
+    max_length: int,
+    id_words: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`tokenize` of each sequence's `behaviour_text`, rendering only the events that can fit.
+
+    `id_words`, if given, holds each sequence's `behaviour_text` ``id_words``.
 
     The texts are cut after ``max_length + 2`` words. A word is at least one token and WordPiece
     tokenizes words separately, so a cut text that overflows `max_length` tokens gives the same
@@ -115,10 +138,14 @@ def encode_events(
         (ids, mask, truncated): `truncated` (bool [n]) marks the texts that had more than
         `max_length` tokens and were cut.
     """
-    texts = [behaviour_text(events, max_words=max_length + 2) for events in event_sequences]
+    words = id_words if id_words is not None else [None] * len(event_sequences)
+    texts = [
+        behaviour_text(events, max_words=max_length + 2, id_words=record_words)
+        for events, record_words in zip(event_sequences, words, strict=True)
+    ]
     encodings = _encode(tokenizer, texts, max_length)
     fits = [row for row, encoding in enumerate(encodings) if not encoding.overflowing]
-    full = {row: behaviour_text(event_sequences[row]) for row in fits}
+    full = {row: behaviour_text(event_sequences[row], id_words=words[row]) for row in fits}
     cut = [row for row in fits if full[row] != texts[row]]  # fits, but words were dropped
     if cut:
         again = _encode(tokenizer, [full[row] for row in cut], max_length)

@@ -8,7 +8,7 @@ data at build time (the *reference*) and from everything Triton's ``preprocess``
 - the event-type mix: the share of each of view, cart, fav and buy among all events,
 - the share of events whose item, and of events whose category, was never seen in training
   (an event without a category counts as unseen if training had none without one),
-- the share of behaviour texts cut at the token limit (`encode_events`' ``truncated``).
+- the share of behaviour texts cut at the token limit (`ModelInputs.truncated`).
 
 Each is a ratio of additive counts (`DriftCounts`), so a server can keep cumulative counters and
 divide them (`drift_values`) at any time. The unseen shares of the training data are zero by
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # in Triton's preprocess directory: the copy beside this file
-    from behaviour_text import EVENT_TYPES, EventLike, encode_events
+    from behaviour_text import EVENT_TYPES, EventLike
 except ImportError:  # in the source tree
-    from ubm_build.inputs.behaviour_text import EVENT_TYPES, EventLike, encode_events
+    from ubm_build.inputs.behaviour_text import EVENT_TYPES, EventLike
 
 REFERENCE_FILE = "drift_reference.json"
 SEEN_IDS_FILE = "drift_seen_ids.json.gz"
@@ -182,7 +182,7 @@ class DriftReference:
 
 def reference_of(
     event_sequences: Sequence[Sequence[EventLike]],
-    tokenizer,
+    truncated: Sequence[bool],
     max_length: int,
     *,
     holdout: Sequence[Sequence[EventLike]] | None = None,
@@ -191,7 +191,7 @@ def reference_of(
 
     Args:
         event_sequences: the training window's records, each as its events, oldest first.
-        tokenizer: the model's ``tokenizers.Tokenizer``.
+        truncated: whether each record's text was cut at the token limit (`ModelInputs`).
         max_length: the model's token limit.
         holdout: records of a later window (e.g. validation). The share of their events whose
             item or category the training records lack is the unseen reference: what a model
@@ -200,7 +200,6 @@ def reference_of(
     if not event_sequences:
         raise ValueError("reference_of needs at least one training record")
     seen = SeenIds.of(event_sequences)
-    truncated = encode_events(tokenizer, event_sequences, max_length)[2]
     values = drift_values(count_records(event_sequences, truncated))
     holdout = list(holdout or [])
     if holdout:

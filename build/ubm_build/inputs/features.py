@@ -1,8 +1,9 @@
 """Hand-made features of one behaviour record, computed from its events alone.
 
-No global tables (popularity, target rates): the same function runs in training and inside
-Triton's ``preprocess`` model, where this file is copied next to ``behaviour_text.py``. It
-imports only the standard library, numpy and ``behaviour_text`` (for the session cut).
+No global tables (item and category knowledge is `snapshot.py`'s): the same function runs in
+training and inside Triton's ``preprocess`` model, where this file is copied next to
+``behaviour_text.py``. It imports only the standard library, numpy and ``behaviour_text`` (the
+session cut, the event types, the clock).
 
 Counts and durations are ``log1p``-scaled and the clock is encoded as sin/cos, so every feature
 is of order one and a neural head can take the vector as it is.
@@ -13,25 +14,22 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from itertools import pairwise
 
 import numpy as np
 
 try:  # in Triton's preprocess directory: the copy beside this file, not the installed package
-    from behaviour_text import EventLike, split_session
+    from behaviour_text import CHINA, EVENT_TYPES, EventLike, split_session
 except ImportError:  # in the source tree
-    from ubm_build.inputs.behaviour_text import EventLike, split_session
+    from ubm_build.inputs.behaviour_text import CHINA, EVENT_TYPES, EventLike, split_session
 
-CHINA = timezone(timedelta(hours=8))
-"""Taobao's clock: hour of day and weekday are read in China time."""
-_TYPES = ("view", "cart", "fav", "buy")
 _INTENT = frozenset({"cart", "fav"})
 
-FEATURE_NAMES: tuple[str, ...] = (
+SESSION_FEATURE_NAMES: tuple[str, ...] = (
     # the current session (events since the last 30-minute pause)
     "session_events",
-    *(f"session_{kind}" for kind in _TYPES),
+    *(f"session_{kind}" for kind in EVENT_TYPES),
     "session_distinct_items",
     "session_distinct_categories",
     "session_duration_s",
@@ -48,7 +46,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "weekday_cos",
     # the user's earlier history
     "history_events",
-    *(f"history_{kind}" for kind in _TYPES),
+    *(f"history_{kind}" for kind in EVENT_TYPES),
     "since_history_s",
     # the session against what came before it
     "session_items_seen_in_history",
@@ -61,7 +59,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 
 def session_features(events: Sequence[EventLike]) -> np.ndarray:
-    """Feature vector (float32, ``len(FEATURE_NAMES)``) of time-ordered events, oldest first.
+    """Feature vector (float32, ``len(SESSION_FEATURE_NAMES)``) of time-ordered events, oldest
+    first.
 
     Raises:
         ValueError: `events` is empty.
@@ -91,7 +90,7 @@ def session_features(events: Sequence[EventLike]) -> np.ndarray:
     history_buys = [e for e in history if e.type == "buy"]
     values = {
         "session_events": log(len(session)),
-        **{f"session_{kind}": log(session_types[kind]) for kind in _TYPES},
+        **{f"session_{kind}": log(session_types[kind]) for kind in EVENT_TYPES},
         "session_distinct_items": log(len({e.item for e in session})),
         "session_distinct_categories": log(len({e.category for e in session})),
         "session_duration_s": log(last.ts - session[0].ts),
@@ -107,7 +106,7 @@ def session_features(events: Sequence[EventLike]) -> np.ndarray:
         "weekday_sin": math.sin(weekday),
         "weekday_cos": math.cos(weekday),
         "history_events": log(len(history)),
-        **{f"history_{kind}": log(history_types[kind]) for kind in _TYPES},
+        **{f"history_{kind}": log(history_types[kind]) for kind in EVENT_TYPES},
         "since_history_s": log(session[0].ts - history[-1].ts) if history else 0.0,
         "session_items_seen_in_history": log(len({e.item for e in session} & history_items)),
         "intent_items_revisited": log(revisits),
@@ -117,12 +116,12 @@ def session_features(events: Sequence[EventLike]) -> np.ndarray:
             any(e.category == last.category for e in history_buys)
         ),
     }
-    return np.array([values[name] for name in FEATURE_NAMES], dtype=np.float32)
+    return np.array([values[name] for name in SESSION_FEATURE_NAMES], dtype=np.float32)
 
 
 def feature_matrix(sequences: Sequence[Sequence[EventLike]]) -> np.ndarray:
     """`session_features` of each event sequence, stacked into a float32 [n, F] matrix."""
-    matrix = np.zeros((len(sequences), len(FEATURE_NAMES)), dtype=np.float32)
+    matrix = np.zeros((len(sequences), len(SESSION_FEATURE_NAMES)), dtype=np.float32)
     for row, events in enumerate(sequences):
         matrix[row] = session_features(events)
     return matrix

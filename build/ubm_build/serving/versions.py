@@ -131,6 +131,22 @@ def prune(repository_dir: Path, keep: int = VERSIONS_KEPT) -> list[int]:
     return sorted(deleted)
 
 
+def renumbered(
+    configs: dict[str, dict[str, Any]], version: int, metadata: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """A build's four configs made to serve `version` (policies and ensemble steps pinned to
+    it), with `metadata` as the ensemble's parameters."""
+    out = {model: with_versions(config, [version]) for model, config in configs.items()}
+    ensemble = out[contract.ENSEMBLE]
+    steps = ensemble["ensemble_scheduling"]["step"]
+    ensemble["ensemble_scheduling"] = {
+        **ensemble["ensemble_scheduling"],
+        "step": [{**step, "model_version": version} for step in steps],
+    }
+    ensemble["parameters"] = {key: {"string_value": value} for key, value in metadata.items()}
+    return out
+
+
 def with_versions(config: dict[str, Any], loaded: list[int]) -> dict[str, Any]:
     """`config` with its version policy set to serve exactly the `loaded` versions."""
     return {**config, "version_policy": {"specific": {"versions": sorted(loaded)}}}

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ubm import contract
 from ubm.records import parse_record_json
 from ubm_build import paths
-from ubm_build.inputs.model_inputs import model_inputs
+from ubm_build.inputs.model_inputs import RecordReader
 
 if TYPE_CHECKING:
     from ubm_build.serving.repository import RepositorySpec
@@ -108,7 +107,7 @@ def model_warmup(model: str, spec: RepositorySpec) -> list[dict]:
 
 
 def sample_arrays(
-    spec: RepositorySpec, tokenizer: Tokenizer, records_path: Path = paths.EXAMPLE_RECORDS
+    spec: RepositorySpec, reader: RecordReader, records_path: Path = paths.EXAMPLE_RECORDS
 ) -> dict[str, dict[str, np.ndarray]]:
     """One record's inputs of each model, by model and tensor name, as the data files hold them.
 
@@ -120,7 +119,7 @@ def sample_arrays(
     events = [parse_record_json(line).events for line in lines[:CANDIDATE_RECORDS]]
     if not events:
         raise ValueError(f"{records_path} holds no records for the warm-up samples")
-    inputs = model_inputs(tokenizer, events, spec.max_length)
+    inputs = reader(events)
     if inputs.features.shape[1] != spec.n_features:
         raise ValueError(
             f"the records have {inputs.features.shape[1]} features, the spec {spec.n_features}"
@@ -129,7 +128,7 @@ def sample_arrays(
     record = {**json.loads(lines[row]), "id": contract.WARMUP_RECORD_ID}
     document = json.dumps(record).encode()
     padding = spec.max_length - inputs.ids.shape[1]
-    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    pad_id = reader.tokenizer.token_to_id("[PAD]") or 0
     return {
         contract.PREPROCESS: {
             # Triton's BYTES serialisation: each element's length (4 bytes, little-endian) first.
@@ -151,8 +150,7 @@ def sample_arrays(
 def write_warmup_data(
     repository_dir: Path,
     spec: RepositorySpec,
-    *,
-    tokenizer_json: Path,
+    reader: RecordReader,
     records_path: Path = paths.EXAMPLE_RECORDS,
 ) -> None:
     """Write the warm-up data files under the three steps' directories in `repository_dir`
@@ -161,8 +159,7 @@ def write_warmup_data(
     Raises:
         ValueError: see `sample_arrays`.
     """
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    for model, arrays in sample_arrays(spec, tokenizer, records_path).items():
+    for model, arrays in sample_arrays(spec, reader, records_path).items():
         directory = repository_dir / model / WARMUP_DIR
         directory.mkdir(parents=True, exist_ok=True)
         for name, array in arrays.items():

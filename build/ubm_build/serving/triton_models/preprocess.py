@@ -1,10 +1,12 @@
 """Triton python-backend model `preprocess`: JSON records -> token ids and session features.
 
 The build copies this file to ``preprocess/<version>/model.py`` together with ``records.py``,
-``model_inputs.py``, ``behaviour_text.py``, ``features.py`` and ``drift.py`` (the exact modules
-training used), ``contract.py``, the model's ``tokenizer.json`` and the drift reference files
-(``drift.REFERENCE_FILE``, ``drift.SEEN_IDS_FILE``); the python backend puts that directory on
-``sys.path``.
+``model_inputs.py``, ``behaviour_text.py``, ``features.py``, ``snapshot.py`` and ``drift.py``
+(the exact modules training used), ``contract.py``, ``responses.py``, the model's
+``tokenizer.json``, the item and category snapshot (``snapshot.npz``, loaded once at
+`initialize`) and the drift reference files (``drift.REFERENCE_FILE``,
+``drift.SEEN_IDS_FILE``); the python backend puts that directory on ``sys.path``. Nothing else
+is imported: the repository serves without our packages installed.
 
 Each request of a dynamic batch is answered on its own: a bad record fails its own request with
 INVALID_ARG and ``record <i>: <why>`` (cut to `MAX_ERROR_CHARS`), an unexpected failure fails it
@@ -19,6 +21,8 @@ version; never with record contents):
   (a request fails at its first bad record, so each failed request counts one);
 - ``ubm_records_unscored_total``: the other records of the failed requests (not checked, not
   scored);
+- ``ubm_snapshot_unseen_total{kind}``: scored records whose last event's item
+  (``kind="item"``) or category (``kind="category"``) the snapshot has never seen;
 - drift, over the scored records: the counters ``ubm_events_total{type}``,
   ``ubm_events_unseen_item_total``, ``ubm_events_unseen_category_total`` and
   ``ubm_texts_truncated_total``, and for each quantity of ``drift.py`` a gauge
@@ -34,16 +38,12 @@ import json
 from pathlib import Path
 
 import contract
+import drift
 import numpy as np
-from model_inputs import ModelInputs, model_inputs
+import snapshot
+from model_inputs import ModelInputs, RecordReader
 from records import ERROR_FIELDS, RecordError, parse_record_json
 from responses import error_response, log_failure
-from tokenizers import Tokenizer
-
-try:  # copied next to this file by the build
-    import drift
-except ImportError:  # a repository written before drift.py was copied: the source tree's
-    from ubm_build.inputs import drift
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -88,21 +88,22 @@ def records_of(rows: np.ndarray) -> list:
     return records
 
 
-def inputs_of(tokenizer, events: list, max_length: int) -> ModelInputs:
-    """`model_inputs` of the records' events; UnreadableRecord names a record that breaks it.
+def inputs_of(reader: RecordReader, events: list) -> ModelInputs:
+    """`reader`'s inputs of the records' events; UnreadableRecord names a record that breaks
+    it.
 
     A record can pass the schema and still hold what the feature or tokenizer code cannot
     take. When the request fails, each record is tried alone: a failure that only some records
     have is theirs (UnreadableRecord); one that every record shares is the server's (re-raised).
     """
     try:
-        inputs = model_inputs(tokenizer, events, max_length)
+        inputs = reader(events)
     except Exception:
         if len(events) > 1:
             failures = []
             for i, record_events in enumerate(events):
                 try:
-                    model_inputs(tokenizer, [record_events], max_length)
+                    reader([record_events])
                 except Exception as e:
                     failures.append((i, type(e).__name__))
             if failures and len(failures) < len(events):
@@ -178,6 +179,14 @@ class PreprocessMetrics:
             "ubm_texts_truncated_total",
             "Scored records whose behaviour text exceeds the token limit.",
         )
+        self.snapshot_unseen = {
+            kind: counter(
+                "ubm_snapshot_unseen_total",
+                "Scored records whose last item or category the snapshot never saw.",
+                kind=kind,
+            )
+            for kind in ("item", "category")
+        }
         self.unseen_items = self.unseen_categories = None
         if reference is not None:
             self.unseen_items = counter(
@@ -195,9 +204,12 @@ class PreprocessMetrics:
         if reference is not None:
             _set_drift_gauges(self.gauges["reference"], reference.values)
 
-    def record_scored(self, counts) -> None:
-        """Count a passed request's records (`drift.DriftCounts`) and update the served gauges."""
+    def record_scored(self, counts, unseen: tuple[int, int]) -> None:
+        """Count a passed request's records (`drift.DriftCounts`, and (item, category) records
+        unseen by the snapshot) and update the served gauges."""
         _increment(self.scored, counts.records)
+        for kind, n in zip(("item", "category"), unseen, strict=True):
+            _increment(self.snapshot_unseen[kind], n)
         for kind, n in counts.events_by_type.items():
             _increment(self.events[kind], n)
         _increment(self.truncated, counts.truncated)
@@ -294,14 +306,19 @@ def _set_drift_gauges(gauges: dict, values) -> None:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        """Load the tokenizer and the drift reference; `max_length` comes from the config.
+        """Load the tokenizer, the snapshot and the drift reference; the token limit and the
+        snapshot words come from the config.
 
         A python backend without custom metrics (``pb_utils.MetricFamily``) serves without
         them.
         """
         config = json.loads(args["model_config"])
-        self.max_length = int(config["parameters"][contract.PARAM_MAX_LENGTH]["string_value"])
-        self.tokenizer = Tokenizer.from_file(str(Path(__file__).with_name("tokenizer.json")))
+        parameters = config["parameters"]
+        self.max_length = int(parameters[contract.PARAM_MAX_LENGTH]["string_value"])
+        words = parameters.get(contract.PARAM_SNAPSHOT_WORDS, {}).get("string_value", "0")
+        self.reader = RecordReader.from_directory(
+            Path(__file__).parent, max_length=self.max_length, snapshot_words=words == "1"
+        )
         self.metrics = None
         self.metrics_failed = False
         if getattr(pb_utils, "MetricFamily", None) is not None:
@@ -322,7 +339,7 @@ class TritonPythonModel:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
             records = records_of(rows)
             events = [record.events for record in records]
-            inputs = inputs_of(self.tokenizer, events, self.max_length)
+            inputs = inputs_of(self.reader, events)
         except RecordError as e:
             reason, records = reason_of(e), rows.size
             self.count(lambda m: m.record_invalid(reason, records))
@@ -334,7 +351,10 @@ class TritonPythonModel:
                 pb_utils.TritonError.INTERNAL,
             )
         if any(record.id != contract.WARMUP_RECORD_ID for record in records):
-            self.count(lambda m: m.record_scored(self.drift_counts(events, inputs)))
+            unseen = snapshot.unseen_counts(
+                inputs.features[:, -len(snapshot.SNAPSHOT_FEATURE_NAMES) :]
+            )
+            self.count(lambda m: m.record_scored(self.drift_counts(events, inputs), unseen))
         return pb_utils.InferenceResponse(
             [
                 pb_utils.Tensor(contract.INPUT_IDS, inputs.ids),
