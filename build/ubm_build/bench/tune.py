@@ -24,6 +24,7 @@ from ubm_build.bench.report import Log
 from ubm_build.bench.rows import Row, median_row
 from ubm_build.bench.served import served_row
 from ubm_build.bench.workload import Batch, batches_of, sample_records
+from ubm_build.inputs import snapshot
 from ubm_build.model.network import BehaviourModel
 from ubm_build.serving import server
 from ubm_build.serving.repository import RepositorySpec, Tuning, served_variant, write_repository
@@ -117,9 +118,11 @@ def run(
                 max_length=model.spec.max_length,
                 hidden_size=model.spec.hidden_size,
                 n_features=len(model.spec.feature_names),
+                snapshot_words=model.spec.snapshot_words,
                 tuning=TUNINGS[name].tuning,
             ),
             tokenizer_json=model_dir / "tokenizer.json",
+            snapshot_file=model_dir / snapshot.FILE,
             encoder_onnx=onnx_dir / f"encoder-{encoder_variant}.onnx",
             head_onnx=onnx_dir / "head.onnx",
         )

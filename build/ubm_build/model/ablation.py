@@ -1,6 +1,6 @@
 """What each part of the served model adds: the same head fit on less.
 
-Every row is a `network.Head` (scaling, whitened principal components, logistic regression)
+Every row is a `network.Head` (scaling, principal components, logistic regression)
 fit on the train window with the same settings as the served one, on a subset of its inputs:
 the text embedding alone, then with the session features, then with the snapshot features,
 then with the snapshot's words rendered into the text (the served model). When the encoder was

@@ -87,7 +87,7 @@ class Card:
             "## Ablation: what each part adds",
             "",
             "Every row reads the same point-in-time inputs of the same test sessions. Heads on",
-            "text are the served head (scaling, whitened principal components of the",
+            "text are the served head (scaled features, principal components of the",
             "embedding, logistic regression) fit on fewer inputs. The difference is against",
             f"the best baseline ({best}), with a paired bootstrap interval: each of the 1,000",
             "resamples scores both models on the same sessions.",
