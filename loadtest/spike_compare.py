@@ -123,6 +123,7 @@ def queue_policies(args: argparse.Namespace) -> dict[str, QueuePolicy]:
 def write_repositories(args: argparse.Namespace, policies: dict[str, QueuePolicy]) -> dict:
     """One repository per policy under ``--run-dir``, all from the same model and encoder."""
     from ubm_build import export
+    from ubm_build.inputs import snapshot
     from ubm_build.model.network import BehaviourModel
     from ubm_build.serving.repository import (
         RepositorySpec,
@@ -145,9 +146,11 @@ def write_repositories(args: argparse.Namespace, policies: dict[str, QueuePolicy
                 max_length=model.spec.max_length,
                 hidden_size=model.spec.hidden_size,
                 n_features=len(model.spec.feature_names),
+                snapshot_words=model.spec.snapshot_words,
                 tuning=replace(Tuning(), **asdict(policy)),
             ),
             tokenizer_json=args.model_dir / "tokenizer.json",
+            snapshot_file=args.model_dir / snapshot.FILE,
             encoder_onnx=args.onnx_dir / f"encoder-{variant}.onnx",
             head_onnx=args.onnx_dir / "head.onnx",
         )

@@ -1,8 +1,8 @@
 """Shared fixtures.
 
 Unit tests may use `tokenizer`, the packaged base model's. The others are for integration tests
-only: `examples` reads the whole Taobao CSV, `tiny_model` builds a torch BERT, and `tiny_onnx`,
-`tiny_repository` and `triton` are made from it.
+only: `examples` reads the whole Taobao CSV, `tiny_model` builds a torch BERT, and
+`tiny_reader`, `tiny_onnx`, `tiny_repository` and `triton` are made from it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from ubm import AsyncUbmClient, UbmClient
 from ubm.scores import Score
 from ubm_build import data, export
 from ubm_build.data.point_in_time import SERVING_AS_OF, EventLog
-from ubm_build.inputs import snapshot
+from ubm_build.inputs import drift, snapshot
 from ubm_build.inputs.model_inputs import RecordReader
-from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_tokenizer
+from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_reader, load_tokenizer
 from ubm_build.model.train import events_of
 from ubm_build.serving import repository, server
 
@@ -84,6 +84,12 @@ def tiny_model(tmp_path_factory, examples) -> tuple[BehaviourModel, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_reader(tiny_model) -> RecordReader:
+    """How the tiny model reads records: its tokenizer, the serving snapshot, its words."""
+    return load_reader(tiny_model[1])
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
     return export_tiny_model(tiny_model[0], tmp_path_factory.mktemp("onnx"))
 
@@ -94,7 +100,12 @@ def canary_records(examples: dict[str, list[data.Example]], n: int = 16) -> list
 
 
 def write_tiny_repository(
-    out: Path, model: BehaviourModel, model_dir: Path, onnx: tuple[Path, Path], canary: list[dict]
+    out: Path,
+    model: BehaviourModel,
+    model_dir: Path,
+    onnx: tuple[Path, Path],
+    canary: list[dict],
+    drift_reference: drift.DriftReference | None = None,
 ) -> Path:
     """A new version of a tiny model in the repository `out` (see `repository.write_repository`)."""
     spec = repository.RepositorySpec(
@@ -112,6 +123,7 @@ def write_tiny_repository(
         encoder_onnx=encoder_onnx,
         head_onnx=head_onnx,
         canary_records=canary,
+        drift_reference=drift_reference,
     )
 
 

@@ -105,6 +105,7 @@ FLAT_MODULES = (
     "model_inputs",
     "behaviour_text",
     "features",
+    "snapshot",
     "drift",
     "responses",
 )

@@ -11,14 +11,14 @@ from ubm_build.model.train import events_of, predict
 pytestmark = pytest.mark.integration
 
 
-def test_scores_equal_the_in_process_model(connect, triton, tiny_model, tokenizer, examples):
+def test_scores_equal_the_in_process_model(connect, triton, tiny_model, tiny_reader, examples):
     model, _ = tiny_model
     sample = examples["test"][:40]
     with connect(triton.grpc_url, batch_size=16) as client:
         assert client.is_ready()
         scores = client.score([ex.to_record() for ex in sample], embedding=True)
     assert [s.id for s in scores] == [ex.id for ex in sample]
-    expected = predict(model, tokenizer, events_of(sample))
+    expected = predict(model, tiny_reader, events_of(sample))
     np.testing.assert_allclose([s.purchase_probability for s in scores], expected, atol=1e-5)
     assert {len(s.embedding) for s in scores} == {model.spec.hidden_size}
 

@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 from ubm import RequestTimeoutError, ServerUnavailableError, contract
 from ubm._base import is_retryable
 from ubm.exceptions import from_triton_error
+from ubm_build.inputs import snapshot
 from ubm_build.serving import repository, server
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,7 @@ def small_queue_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
         max_length=model.spec.max_length,
         hidden_size=model.spec.hidden_size,
         n_features=len(model.spec.feature_names),
+        snapshot_words=model.spec.snapshot_words,
         tuning=repository.Tuning(max_queue_size=QUEUE_BOUND),
     )
     encoder_onnx, head_onnx = tiny_onnx
@@ -65,6 +67,7 @@ def small_queue_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("small_queue_repository"),
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
+        snapshot_file=model_dir / snapshot.FILE,
         encoder_onnx=encoder_onnx,
         head_onnx=head_onnx,
     )

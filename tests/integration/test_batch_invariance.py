@@ -16,11 +16,12 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.grpc as grpcclient
+from conftest import write_tiny_repository
 
 from ubm import contract
 from ubm_build import export
 from ubm_build.model.train import events_of
-from ubm_build.serving import repository, server, triton_metrics
+from ubm_build.serving import server, triton_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -76,28 +77,19 @@ def test_fp32_scores_a_record_the_same_alone_and_in_any_batch(triton, examples):
 
 @pytest.fixture(scope="module")
 def int8_static_server(
-    tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory
+    tiny_model, tiny_onnx, tiny_reader, examples, tmp_path_factory
 ) -> Iterator[server.TritonServer]:
     """The tiny repository with the static int8 encoder, calibrated on train-window records."""
     model, model_dir = tiny_model
     encoder_fp32, head = tiny_onnx
     picked = random.Random(0).sample(examples["train"], 32)
-    calibration = export.TokenCalibration(tokenizer, events_of(picked), model.spec.max_length)
+    calibration = export.TokenCalibration(tiny_reader, events_of(picked))
     directory = tmp_path_factory.mktemp("int8_static")
     encoder = export.derive_variant(
         export.Variant.INT8_STATIC, encoder_fp32, model, directory / "encoder.onnx", calibration
     )
-    spec = repository.RepositorySpec(
-        max_length=model.spec.max_length,
-        hidden_size=model.spec.hidden_size,
-        n_features=len(model.spec.feature_names),
-    )
-    repository_dir = repository.write_repository(
-        directory / "model_repository",
-        spec,
-        tokenizer_json=model_dir / "tokenizer.json",
-        encoder_onnx=encoder,
-        head_onnx=head,
+    repository_dir = write_tiny_repository(
+        directory / "model_repository", model, model_dir, (encoder, head), canary=[]
     )
     ports = server.Ports.free()
     with server.TritonServer(repository_dir, workdir=directory / "triton", ports=ports) as triton:

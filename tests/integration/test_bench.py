@@ -35,7 +35,7 @@ ROW_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory):
+def onnx_dir(tiny_model, tiny_onnx, tiny_reader, examples, tmp_path_factory):
     """The layout `ubm-build export` writes: encoder-<variant>.onnx and head.onnx."""
     model, _ = tiny_model
     encoder, head = tiny_onnx
@@ -43,7 +43,7 @@ def onnx_dir(tiny_model, tiny_onnx, tokenizer, examples, tmp_path_factory):
     shutil.copy2(encoder, directory / "encoder-fp32.onnx")
     shutil.copy2(head, directory / "head.onnx")
     events = [ex.events for ex in examples["train"][:32]]
-    calibration = export.TokenCalibration(tokenizer, events, model.spec.max_length)
+    calibration = export.TokenCalibration(tiny_reader, events)
     export.derive_variant(
         export.Variant.INT8_STATIC,
         encoder,

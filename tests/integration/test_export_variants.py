@@ -13,7 +13,6 @@ import pytest
 from ubm import contract
 from ubm_build import export
 from ubm_build.export import int8
-from ubm_build.inputs.model_inputs import model_inputs
 from ubm_build.model.train import events_of, labels_of, predict
 
 CALIBRATION_RECORDS = 32
@@ -23,11 +22,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def calibration(tokenizer, tiny_model, examples) -> export.TokenCalibration:
+def calibration(tiny_reader, examples) -> export.TokenCalibration:
     """Train-window records only: the variants are judged on the test window."""
-    model, _ = tiny_model
     picked = random.Random(0).sample(examples["train"], CALIBRATION_RECORDS)
-    return export.TokenCalibration(tokenizer, events_of(picked), model.spec.max_length)
+    return export.TokenCalibration(tiny_reader, events_of(picked))
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +42,21 @@ def encoders(tiny_model, tiny_onnx, calibration, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reports(tiny_model, tiny_onnx, encoders, tokenizer, examples):
+def reports(tiny_model, tiny_onnx, encoders, tiny_reader, examples):
     model, _ = tiny_model
     _, head = tiny_onnx
     sample = examples["test"][:300]
     events, labels = events_of(sample), labels_of(sample)
-    reference = predict(model, tokenizer, events)
+    reference = predict(model, tiny_reader, events)
     return {
         variant: export.check_variant(
             variant,
             encoder,
             head,
-            tokenizer,
+            tiny_reader,
             events,
             labels,
             reference,
-            max_length=model.spec.max_length,
             batch_records=BATCH_CHECK_RECORDS,
         )
         for variant, encoder in encoders.items()
@@ -122,15 +119,14 @@ def test_static_int8_runs_the_weight_matmuls_in_int8_with_their_bias(tiny_onnx, 
 
 
 def test_fusing_keeps_the_int8_arithmetic_and_the_fp32_residual(
-    tiny_model, tiny_onnx, calibration, tokenizer, examples, tmp_path
+    tiny_onnx, calibration, tiny_reader, examples, tmp_path
 ):
     """The fused graph is the QDQ graph minus the 8-bit rounding of the residual path."""
-    model, _ = tiny_model
     fp32, _ = tiny_onnx
     fused = int8.quantize_int8_static(fp32, tmp_path / "fused.onnx", calibration)
     qdq = int8.quantize_int8_static(fp32, tmp_path / "qdq.onnx", calibration, fuse=False)
     assert "MatMulIntegerToFloat" not in {n.op_type for n in onnx.load(qdq).graph.node}
-    ids, mask, *_ = model_inputs(tokenizer, events_of(examples["test"][:64]), model.spec.max_length)
+    ids, mask, *_ = tiny_reader(events_of(examples["test"][:64]))
     feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
     exact, fused_out, qdq_out = (
         export.ort_session(path).run(None, feeds)[0] for path in (fp32, fused, qdq)

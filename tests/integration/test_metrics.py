@@ -25,7 +25,6 @@ import tritonclient.grpc as grpcclient
 import yaml
 from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
-from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -33,6 +32,7 @@ from ubm import UbmClient, contract
 from ubm.records import ERROR_FIELDS, Event
 from ubm.scores import Score
 from ubm_build.inputs import drift
+from ubm_build.inputs.model_inputs import RecordReader
 from ubm_build.serving import repository, server, triton_metrics
 from ubm_build.serving.triton_models import onnx_model
 
@@ -47,6 +47,11 @@ BARE = "preprocess_bare"
 T0 = 1_512_172_800
 LONG = 40
 """Events of the long records: their text exceeds the tiny model's 64 tokens."""
+
+
+SNAPSHOT_ITEM, SNAPSHOT_CATEGORY = "3006793", "4756105"
+"""The real CSV's most viewed item before the test day, and its category: the served snapshot
+knows them (the made-up ids ``i*`` and ``c*`` it never saw)."""
 
 
 def record_events(*spec: tuple[str, str, str]) -> list[Event]:
@@ -75,10 +80,12 @@ SERVED = [
     record_events(("view", "i2", "c7"), ("fav", "i2", "c7")),
     record_events(("buy", "i3", "c2")),
     long_events("i4", "c2"),
-    record_events(("cart", "i8", "c8")),
+    record_events(("cart", SNAPSHOT_ITEM, SNAPSHOT_CATEGORY)),
 ]
-"""5 good records, 46 events: 42 view, 2 cart, 1 fav, 1 buy; unseen: items i9 and i8 (2
-events), categories c7 and c8 (3 events); 1 truncated text (the long one)."""
+"""5 good records, 46 events: 42 view, 2 cart, 1 fav, 1 buy; unseen by the training records:
+items i9 and the snapshot's (2 events), categories c7 and the snapshot's (3 events); 1
+truncated text (the long one). The snapshot saw the last item and category of the last record
+only."""
 BATCH_SIZE = 2
 """Records per SDK request: the good records go in 3 requests."""
 
@@ -137,8 +144,14 @@ def max_length(tiny_repository) -> int:
 @pytest.fixture(scope="module")
 def reference(tiny_repository, max_length) -> drift.DriftReference:
     preprocess = tiny_repository / contract.PREPROCESS / served_version(tiny_repository)
-    tokenizer = Tokenizer.from_file(str(preprocess / "tokenizer.json"))
-    return drift.reference_of(TRAINING, tokenizer, max_length, holdout=HOLDOUT)
+    words = repository.served_parameter(
+        tiny_repository, contract.PREPROCESS, contract.PARAM_SNAPSHOT_WORDS
+    )
+    reader = RecordReader.from_directory(
+        preprocess, max_length=max_length, snapshot_words=bool(words)
+    )
+    truncated = reader(TRAINING).truncated
+    return drift.reference_of(TRAINING, truncated, max_length, holdout=HOLDOUT)
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +268,16 @@ def test_drift_counters_count_the_scored_records(traffic):
     assert traffic.value("ubm_texts_truncated_total") == 1
 
 
+def test_records_whose_last_ids_the_snapshot_never_saw_are_counted(traffic):
+    """Every good record but the last ends on a made-up item and category; the warm-up
+    record is not counted."""
+    for model in (contract.PREPROCESS, BARE):
+        for kind in ("item", "category"):
+            value = traffic.value("ubm_snapshot_unseen_total", model, kind=kind)
+            assert value == len(GOOD) - 1, (model, kind)
+            assert traffic.value("ubm_snapshot_unseen_total", model, before=True, kind=kind) == 0
+
+
 def test_drift_gauges_compare_served_with_the_reference(traffic, reference):
     served = {
         "events_per_record": 46 / 5,
@@ -298,12 +321,12 @@ def test_each_returned_probability_is_in_the_histogram(traffic):
 
 def test_without_reference_counters_stay_and_reference_gauges_go(traffic):
     """`BARE` has no reference: its counters and served gauges are there, its unseen and
-    reference metrics are not, and each of its two instances logged one warning. Its served
-    gauges cover both instances' records."""
+    reference metrics are not (the snapshot's unseen counter needs no reference), and each of
+    its two instances logged one warning. Its served gauges cover both instances' records."""
     after = traffic.after
     exported = names(after, BARE)
     assert "ubm_records_scored_total" in exported and "ubm_events_total" in exported
-    assert not {n for n in exported if "unseen" in n}
+    assert {n for n in exported if "unseen" in n} == {"ubm_snapshot_unseen_total"}
     assert not [
         labels
         for name, labels in after
@@ -322,6 +345,7 @@ def test_labels_never_carry_record_contents(traffic):
         "version": {traffic.version},
         "source": {"served", "reference"},
         "type": set(drift.EVENT_TYPES),
+        "kind": {"item", "category"},
         "reason": {*ERROR_FIELDS, "unprocessable", "non_finite_features", "other"},
         "le": {str(b) for b in onnx_model.PROBABILITY_BUCKETS} | {"+Inf"},
     }

@@ -6,10 +6,12 @@ test_behaviour_text.py.
 
 import numpy as np
 import pytest
+from conftest import serving_snapshot
 
 from ubm_build import data
 from ubm_build.inputs.behaviour_text import behaviour_text, encode_events, tokenize
-from ubm_build.inputs.features import FEATURE_NAMES, feature_matrix
+from ubm_build.inputs.features import SESSION_FEATURE_NAMES, feature_matrix
+from ubm_build.inputs.snapshot import id_words
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +55,21 @@ def test_windows_are_ordered_in_time(examples):
 def test_real_examples_give_finite_tame_float32_rows(examples):
     sequences = [ex.events for window in examples.values() for ex in window]
     matrix = feature_matrix(sequences)
-    assert matrix.shape == (len(sequences), len(FEATURE_NAMES))
+    assert matrix.shape == (len(sequences), len(SESSION_FEATURE_NAMES))
     assert matrix.dtype == np.float32
     assert np.isfinite(matrix).all()
     assert np.abs(matrix).max() < 20  # log1p-scaled: no raw seconds or counts
 
 
+@pytest.mark.parametrize("words", [False, True], ids=["plain", "snapshot_words"])
 @pytest.mark.parametrize("max_length", [16, 64, 96])
-def test_encoding_the_events_matches_tokenizing_the_full_text(tokenizer, examples, max_length):
+def test_encoding_the_events_matches_tokenizing_the_full_text(
+    tokenizer, examples, max_length, words
+):
     sequences = [ex.events for ex in examples["test"]]
-    expected = tokenize(tokenizer, [behaviour_text(s) for s in sequences], max_length)
-    got = encode_events(tokenizer, sequences, max_length)
+    per_record = id_words(serving_snapshot(), sequences) if words else [None] * len(sequences)
+    texts = [behaviour_text(s, id_words=w) for s, w in zip(sequences, per_record, strict=True)]
+    expected = tokenize(tokenizer, texts, max_length)
+    got = encode_events(tokenizer, sequences, max_length, per_record if words else None)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])

@@ -25,7 +25,7 @@ from conftest import canary_records, export_tiny_model, make_tiny_model, write_t
 from ubm import UbmClient, UbmError
 from ubm.records import parse_record
 from ubm_build import export
-from ubm_build.model.network import load_tokenizer
+from ubm_build.model.network import load_reader
 from ubm_build.serving import server, versions
 
 pytestmark = pytest.mark.integration
@@ -43,23 +43,26 @@ class Versions:
 
     def __init__(self, directory: Path, examples) -> None:
         self.repository = directory / "repository"
-        self.records = [
+        candidates = [
             {"id": f"r{i}", "events": ex.to_record()["events"]}
             for i, ex in enumerate(examples["test"][:RECORDS])
         ]
-        events = [parse_record(r).events for r in self.records]
-        self.expected: dict[int, np.ndarray] = {}
+        events = [parse_record(r).events for r in candidates]
+        scores: dict[int, np.ndarray] = {}
         self._models = []
         for version, seed in ((1, 0), (2, 1)):
             model, model_dir = make_tiny_model(directory / f"model{seed}", examples, seed=seed)
             onnx = export_tiny_model(model, directory / f"model{seed}")
             self._models.append((model, model_dir, onnx))
-            probabilities, _ = export.onnx_predict(
-                *onnx, load_tokenizer(model_dir), events, model.spec.max_length
-            )
-            self.expected[version] = probabilities.astype(np.float64)
+            probabilities, _ = export.onnx_predict(*onnx, load_reader(model_dir), events)
+            scores[version] = probabilities.astype(np.float64)
+        # Two random models can happen to agree on a record: only the records they score
+        # unambiguously apart say which version answered.
+        apart = np.abs(scores[1] - scores[2]) > 2 * ATOL
+        assert apart.sum() >= 0.9 * RECORDS
+        self.records = [record for record, keep in zip(candidates, apart, strict=True) if keep]
+        self.expected = {version: p[apart] for version, p in scores.items()}
         self.canary = canary_records(examples)
-        assert np.abs(self.expected[1] - self.expected[2]).min() > 2 * ATOL  # unambiguous
 
     def write(self, version: int) -> None:
         model, model_dir, onnx = self._models[version - 1]

@@ -29,13 +29,13 @@ def test_every_model_is_ready(triton):
         assert client.is_model_ready(name), name
 
 
-def test_scores_match_in_process_pytorch(triton, tiny_model, tokenizer, examples):
+def test_scores_match_in_process_pytorch(triton, tiny_model, tiny_reader, examples):
     model, _ = tiny_model
     sample = examples["test"][:100]
     result = infer(triton, [orjson.dumps(ex.to_record()) for ex in sample])
     served = result.as_numpy(contract.PURCHASE_PROBABILITY)
     assert served.shape == (len(sample), 1)
-    expected = predict(model, tokenizer, events_of(sample))
+    expected = predict(model, tiny_reader, events_of(sample))
     np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
 
     embedding = result.as_numpy(contract.EMBEDDING)
@@ -74,7 +74,7 @@ def test_bad_record_is_rejected_with_invalid_argument(triton, examples, payload,
     assert infer(triton, [good]).as_numpy(contract.PURCHASE_PROBABILITY).shape == (1, 1)
 
 
-def test_served_roc_auc_equals_in_process(triton, tiny_model, tokenizer, examples):
+def test_served_roc_auc_equals_in_process(triton, tiny_model, tiny_reader, examples):
     """The model card's promise holds through Triton: same ROC-AUC on the test window."""
     from sklearn.metrics import roc_auc_score
 
@@ -89,7 +89,7 @@ def test_served_roc_auc_equals_in_process(triton, tiny_model, tokenizer, example
             for i in range(0, len(payloads), 256)
         ]
     )
-    in_process = predict(model, tokenizer, events_of(test))
+    in_process = predict(model, tiny_reader, events_of(test))
     labels = labels_of(test)
     assert roc_auc_score(labels, served) == pytest.approx(
         roc_auc_score(labels, in_process), abs=1e-3

@@ -9,6 +9,7 @@ import pytest
 from ubm.records import Event
 from ubm_build.inputs.behaviour_text import (
     EVENT_TYPES,
+    MAX_TEXT_EVENTS,
     PAD_MULTIPLE,
     SESSION_GAP_S,
     behaviour_text,
@@ -121,3 +122,37 @@ def test_words_that_make_no_tokens_fall_back_to_the_full_text(tokenizer):
     ids, _, truncated = encode_events(tokenizer, [evs], 48)
     np.testing.assert_array_equal(ids, full[0])
     assert truncated.tolist() == [True]
+
+
+def test_id_words_follow_each_rendered_id():
+    evs = [Event(ts=0, type="view", item="5", category="7"), Event(ts=60, type="cart", item="6")]
+    text = behaviour_text(evs, id_words=[("rare", "hot"), ("new bought", "new")])
+    assert text.endswith("| cart item 6 new bought after 1m ; view item 5 rare cat 7 hot")
+    assert behaviour_text(evs, id_words=[("", ""), ("", "")]) == behaviour_text(evs)
+
+
+def test_id_words_belong_to_the_newest_rendered_events():
+    """With more events than are ever rendered, the words are those of the newest events."""
+    evs = events(*[(t * 10, "view") for t in range(MAX_TEXT_EVENTS + 6)])
+    words = [(f"w{n}", "cold") for n in range(MAX_TEXT_EVENTS)]
+    text = behaviour_text(evs, id_words=words)
+    newest, oldest = evs[-1], evs[-MAX_TEXT_EVENTS]
+    assert f"item {newest.item} w{MAX_TEXT_EVENTS - 1} cat {newest.category} cold" in text
+    assert text.endswith(f"item {oldest.item} w0 cat {oldest.category} cold")
+
+
+@pytest.mark.parametrize("max_length", [16, 64])
+def test_encoding_with_id_words_matches_tokenizing_the_full_text(tokenizer, max_length):
+    sequences = varied_sequences(30, seed=1)
+    words = [
+        [
+            (("new", "rare", "popular bought")[i % 3], ("cold", "warm", "hot")[i % 3])
+            for i in range(len(s[-MAX_TEXT_EVENTS:]))
+        ]
+        for s in sequences
+    ]
+    texts = [behaviour_text(s, id_words=w) for s, w in zip(sequences, words, strict=True)]
+    expected = tokenize(tokenizer, texts, max_length)
+    got = encode_events(tokenizer, sequences, max_length, words)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])

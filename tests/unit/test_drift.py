@@ -136,10 +136,21 @@ def test_words_without_tokens_do_not_hide_a_truncation(tokenizer):
     assert encode_events(tokenizer, records, MAX_LENGTH)[2].tolist() == expected
 
 
+def truncated(tokenizer, event_sequences: list[list[Event]]) -> list[bool]:
+    """Each record's truncation flag, as `ModelInputs.truncated` gives it."""
+    return encode_events(tokenizer, event_sequences, MAX_LENGTH)[2].tolist()
+
+
+def reference_of(tokenizer, event_sequences: list[list[Event]], **kwargs) -> drift.DriftReference:
+    return drift.reference_of(
+        event_sequences, truncated(tokenizer, event_sequences), MAX_LENGTH, **kwargs
+    )
+
+
 def test_reference_of_training_records(tokenizer):
     training = [*TRAINING, long_record(40)]
     holdout = [record(("view", "1", "a"), ("view", "7", "a"), ("cart", "7", "c"))]
-    reference = drift.reference_of(training, tokenizer, MAX_LENGTH, holdout=holdout)
+    reference = reference_of(tokenizer, training, holdout=holdout)
     assert reference.records == 5 and reference.holdout_records == 1
     assert reference.max_length == MAX_LENGTH
     assert reference.seen.items == {"1", "2", "3", "4", "1234567"}
@@ -152,13 +163,13 @@ def test_reference_of_training_records(tokenizer):
 
 
 def test_without_holdout_nothing_is_unseen(tokenizer):
-    reference = drift.reference_of(TRAINING, tokenizer, MAX_LENGTH)
+    reference = reference_of(tokenizer, TRAINING)
     assert reference.values.unseen_item_share == reference.values.unseen_category_share == 0.0
     assert reference.holdout_records == 0
 
 
 def test_reference_files_round_trip_reproducibly(tokenizer, tmp_path):
-    reference = drift.reference_of(TRAINING, tokenizer, MAX_LENGTH, holdout=TRAINING[:1])
+    reference = reference_of(tokenizer, TRAINING, holdout=TRAINING[:1])
     written = drift.write_reference(tmp_path / "a", reference)
     assert [p.name for p in written] == [drift.REFERENCE_FILE, drift.SEEN_IDS_FILE]
     assert drift.read_reference(tmp_path / "a") == reference
@@ -199,7 +210,7 @@ def test_no_files_no_reference(tmp_path):
     ],
 )
 def test_damaged_reference_files_are_an_error(tokenizer, tmp_path, damage):
-    drift.write_reference(tmp_path, drift.reference_of(TRAINING, tokenizer, MAX_LENGTH))
+    drift.write_reference(tmp_path, reference_of(tokenizer, TRAINING))
     damage(tmp_path)
     with pytest.raises(drift.DriftReferenceError):
         drift.read_reference(tmp_path)

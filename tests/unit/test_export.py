@@ -14,6 +14,8 @@ from ubm import contract
 from ubm.records import Event
 from ubm_build import export, steps
 from ubm_build.inputs.behaviour_text import behaviour_text, tokenize
+from ubm_build.inputs.model_inputs import RecordReader
+from ubm_build.inputs.snapshot import Snapshot, id_words
 from ubm_build.serving import repository
 
 MAX_LENGTH = 64
@@ -50,15 +52,19 @@ def sessions(*lengths: int) -> list[list[Event]]:
     ]
 
 
-def test_calibration_runs_each_record_alone_without_padding(tokenizer):
+@pytest.mark.parametrize("snapshot_words", [False, True])
+def test_calibration_runs_each_record_alone_without_padding(tokenizer, snapshot_words):
     records = sessions(1, 3, 30)
-    calibration = export.TokenCalibration(tokenizer, records, MAX_LENGTH)
+    known = Snapshot.empty()  # every id unseen: "new" words
+    reader = RecordReader(tokenizer, MAX_LENGTH, known, snapshot_words)
+    calibration = export.TokenCalibration(reader, records)
     calibration.rewind()
     feeds = list(iter(calibration.get_next, None))
     assert len(feeds) == len(calibration) == len(records)
     assert all(feed[contract.ATTENTION_MASK].all() for feed in feeds)
     for feed, events in zip(feeds, records, strict=True):
-        ids, mask = tokenize(tokenizer, [behaviour_text(events)], MAX_LENGTH)
+        words = id_words(known, [events])[0] if snapshot_words else None
+        ids, mask = tokenize(tokenizer, [behaviour_text(events, id_words=words)], MAX_LENGTH)
         np.testing.assert_array_equal(feed[contract.INPUT_IDS], ids[:, : mask.sum()])
     lengths = [feed[contract.INPUT_IDS].shape[1] for feed in feeds]
     assert lengths == sorted(set(lengths)) and lengths[-1] == MAX_LENGTH  # no padding, cut at 64

@@ -13,11 +13,14 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from ubm import records
 from ubm.records import Event
 from ubm_build.data import Example
 from ubm_build.inputs import behaviour_text, features
-from ubm_build.inputs.behaviour_text import SESSION_GAP_S
-from ubm_build.inputs.features import CHINA, FEATURE_NAMES, session_features
+from ubm_build.inputs.behaviour_text import CHINA, SESSION_GAP_S
+from ubm_build.inputs.features import SESSION_FEATURE_NAMES, session_features
+from ubm_build.inputs.model_inputs import FEATURE_NAMES
+from ubm_build.inputs.snapshot import SNAPSHOT_FEATURE_NAMES
 
 # Saturday 2017-12-02, 10:00 China time.
 T0 = int(datetime(2017, 12, 2, 10, tzinfo=CHINA).timestamp())
@@ -68,12 +71,17 @@ HAND_CHECKED = {
 
 
 def named(row: np.ndarray) -> dict[str, float]:
-    return dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+    return dict(zip(SESSION_FEATURE_NAMES, row.tolist(), strict=True))
 
 
 def test_feature_names_are_unique_and_about_two_dozen():
+    assert len(set(SESSION_FEATURE_NAMES)) == len(SESSION_FEATURE_NAMES)
+    assert 20 <= len(SESSION_FEATURE_NAMES) <= 30
+
+
+def test_the_model_reads_the_session_features_then_the_snapshot_features():
+    assert (*SESSION_FEATURE_NAMES, *SNAPSHOT_FEATURE_NAMES) == FEATURE_NAMES
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
-    assert 20 <= len(FEATURE_NAMES) <= 30
 
 
 def test_the_events_of_a_record_give_the_hand_checked_features():
@@ -88,7 +96,7 @@ def test_hand_made_events():
 
 
 def test_a_single_event_has_no_gaps_and_no_history():
-    values = dict(zip(FEATURE_NAMES, session_features(SESSION[:1]), strict=True))
+    values = dict(zip(SESSION_FEATURE_NAMES, session_features(SESSION[:1]), strict=True))
     assert values["session_events"] == pytest.approx(math.log1p(1))
     for name in ("session_duration_s", "last_gap_s", "history_events", "since_history_s"):
         assert values[name] == 0.0
@@ -96,7 +104,9 @@ def test_a_single_event_has_no_gaps_and_no_history():
 
 def test_a_long_pause_starts_the_session_over():
     later = Event(ts=SESSION[-1].ts + SESSION_GAP_S + 1, type="view", item="d", category="z")
-    values = dict(zip(FEATURE_NAMES, session_features(HISTORY + SESSION + [later]), strict=True))
+    values = dict(
+        zip(SESSION_FEATURE_NAMES, session_features(HISTORY + SESSION + [later]), strict=True)
+    )
     assert values["session_events"] == pytest.approx(math.log1p(1))
     assert values["history_events"] == pytest.approx(math.log1p(7))
 
@@ -107,12 +117,14 @@ def test_no_events_is_an_error():
 
 
 def test_runs_from_a_flat_directory_next_to_behaviour_text(tmp_path):
-    """As in a Triton model directory: no ubm_build package, the two files side by side."""
+    """As in a Triton model directory: no ubm_build or ubm package, the three files (with the
+    record schema) side by side."""
     events = HISTORY + SESSION
-    for module in (features, behaviour_text):
+    for module in (features, behaviour_text, records):
         shutil.copy2(module.__file__, tmp_path)
     script = (
-        "import json, sys; sys.modules['ubm_build'] = None\n"  # make the package import fail
+        # make the packages' imports fail
+        "import json, sys; sys.modules['ubm_build'] = sys.modules['ubm'] = None\n"
         "from collections import namedtuple\n"
         "import features\n"
         "E = namedtuple('E', 'ts type item category')\n"

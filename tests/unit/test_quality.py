@@ -1,10 +1,13 @@
-"""Test-window metrics: ECE, bootstrap intervals, and the reliability plot."""
+"""Test-window metrics: ECE, bootstrap intervals, paired comparisons, and the reliability
+plot."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ubm_build.model.quality import (
+    CI_PERCENTILES,
+    compare,
     evaluate,
     expected_calibration_error,
     reliability_plot,
@@ -89,3 +92,58 @@ def test_reliability_plot_writes_a_png(tmp_path):
         {"calibrated": (labels, probabilities), "shifted": (labels, probabilities / 2)}, path
     )
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def two_models(n: int = 3_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, better, reference): both score the same latent log-odds with noise; the better
+    model adds less, and most of the reference's noise is shared with it."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(2 * latent - 2)))).astype(int)
+    shared = rng.normal(size=n)
+    reference = latent + 0.8 * shared + 0.6 * rng.normal(size=n)
+    better = latent + 0.8 * shared + 0.1 * rng.normal(size=n)
+    return labels, better, reference
+
+
+def test_a_model_compared_with_itself_differs_by_nothing():
+    labels, probabilities = synthetic(1_000)
+    comparison = compare(labels, probabilities, probabilities, n_bootstrap=200)
+    assert comparison.difference == 0.0
+    assert comparison.difference_ci == (0.0, 0.0)
+    metrics = evaluate(labels, probabilities, n_bootstrap=200)
+    assert comparison.roc_auc == pytest.approx(metrics.roc_auc)
+    assert comparison.roc_auc_ci == pytest.approx(metrics.roc_auc_ci)  # the same resamples
+    assert set(comparison.to_dict()) == {"roc_auc", "roc_auc_ci", "difference", "difference_ci"}
+
+
+def test_a_better_model_gets_a_positive_difference():
+    labels, better, reference = two_models()
+    comparison = compare(labels, better, reference, n_bootstrap=500)
+    expected = roc_auc_score(labels, better) - roc_auc_score(labels, reference)
+    assert comparison.difference == pytest.approx(expected)
+    assert comparison.difference > 0
+    assert 0 < comparison.difference_ci[0] < comparison.difference < comparison.difference_ci[1]
+    worse = compare(labels, reference, better, n_bootstrap=500)
+    assert worse.difference == pytest.approx(-comparison.difference)
+    assert worse.difference_ci[1] < 0
+
+
+def test_pairing_narrows_the_interval_of_the_difference():
+    """Resampling both models together cancels the noise their scores share; resampling them
+    independently (or setting their two intervals side by side) does not."""
+    labels, better, reference = two_models()
+    paired = compare(labels, better, reference, n_bootstrap=500)
+    paired_width = paired.difference_ci[1] - paired.difference_ci[0]
+
+    alone = compare(labels, reference, reference, n_bootstrap=500)
+    side_by_side = (
+        paired.roc_auc_ci[1] - alone.roc_auc_ci[0] - (paired.roc_auc_ci[0] - alone.roc_auc_ci[1])
+    )
+    own = weighted_roc_auc_and_ap(labels, better, stratified_bootstrap_weights(labels, 500, 1))[0]
+    other = weighted_roc_auc_and_ap(
+        labels, reference, stratified_bootstrap_weights(labels, 500, 2)
+    )[0]
+    low, high = np.percentile(own - other, CI_PERCENTILES)
+    assert paired_width < 0.5 * (high - low)
+    assert paired_width < 0.5 * side_by_side

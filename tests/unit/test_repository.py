@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
-from ubm_build.inputs import behaviour_text, features, model_inputs
+from ubm_build.inputs import behaviour_text, features, model_inputs, snapshot
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, versions
 from ubm_build.serving.triton_models.onnx_model import run_in_slices
@@ -26,17 +26,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write(tmp_path: Path, vocab_size: int | None = None) -> Path:
-    """`write_repository` with the packaged tokenizer and placeholder graphs."""
+def write(
+    tmp_path: Path, snapshot_file: Path, vocab_size: int | None = None, snapshot_words: bool = False
+) -> Path:
+    """`write_repository` with the packaged tokenizer, `snapshot_file` and placeholder graphs."""
     for name, content in GRAPHS.items():
         (tmp_path / f"{name}.onnx").write_bytes(content)
     spec = repository.RepositorySpec(
-        max_length=64, hidden_size=32, n_features=29, vocab_size=vocab_size
+        max_length=64,
+        hidden_size=32,
+        n_features=len(model_inputs.FEATURE_NAMES),
+        vocab_size=vocab_size,
+        snapshot_words=snapshot_words,
     )
     return repository.write_repository(
         tmp_path / "repository",
         spec,
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
+        snapshot_file=snapshot_file,
         encoder_onnx=tmp_path / f"{contract.ENCODER}.onnx",
         head_onnx=tmp_path / f"{contract.HEAD}.onnx",
     )
@@ -59,12 +66,14 @@ def test_onnxruntime_target_uses_the_native_backend():
     assert "backend" not in encoder
 
 
-def test_repository_serves_the_training_code(tmp_path):
-    out = write(tmp_path)
+def test_repository_serves_the_training_code(tmp_path, snapshot_file):
+    out = write(tmp_path, snapshot_file)
     preprocess = out / contract.PREPROCESS / "1"
-    for module in (behaviour_text, features, model_inputs):
+    assert {behaviour_text, features, snapshot, model_inputs} <= set(repository.SERVED_MODULES)
+    for module in repository.SERVED_MODULES:
         source = Path(module.__file__)
         assert sha256(preprocess / source.name) == sha256(source), source.name
+    assert sha256(preprocess / snapshot.FILE) == sha256(snapshot_file)
     assert {p.name for p in out.iterdir()} >= set(versions.MODELS)
     for name in (contract.ENCODER, contract.HEAD):
         assert (out / name / "1" / "model.onnx").read_bytes() == GRAPHS[name], name
@@ -118,8 +127,8 @@ def test_the_cpu_target_needs_the_vocabulary_size():
         repository.model_configs(spec)
 
 
-def test_the_vocabulary_size_comes_from_the_tokenizer(tmp_path):
-    out = write(tmp_path)
+def test_the_vocabulary_size_comes_from_the_tokenizer(tmp_path, snapshot_file):
+    out = write(tmp_path, snapshot_file)
     pbtxt = (out / contract.ENCODER / "config.pbtxt").read_text()
     config = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
     assert config.parameters[contract.PARAM_VOCAB_SIZE].string_value == str(VOCAB_SIZE)
@@ -127,11 +136,11 @@ def test_the_vocabulary_size_comes_from_the_tokenizer(tmp_path):
         assert (out / name / "1" / "contract.py").is_file(), name
 
 
-def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path):
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path, snapshot_file):
     with pytest.raises(
         ValueError, match=f"vocab_size 10 is smaller than the tokenizer's {VOCAB_SIZE}"
     ):
-        write(tmp_path, vocab_size=10)
+        write(tmp_path, snapshot_file, vocab_size=10)
     assert not (tmp_path / "repository").exists()
 
 
@@ -163,11 +172,11 @@ def test_running_in_slices_gives_the_same_outputs(rows_per_run, runs):
     assert session.runs == runs
 
 
-def test_each_write_adds_a_version_pins_it_and_keeps_the_newest_three(tmp_path):
-    out = write(tmp_path)
+def test_each_write_adds_a_version_pins_it_and_keeps_the_newest_three(tmp_path, snapshot_file):
+    out = write(tmp_path, snapshot_file)
     assert versions.pinned_version(out) == 1
     for expected in (2, 3, 4):
-        write(tmp_path)
+        write(tmp_path, snapshot_file)
         assert versions.pinned_version(out) == expected
     for model in versions.MODELS:
         assert versions.versions(out, model) == [2, 3, 4], model
@@ -180,12 +189,68 @@ def test_each_write_adds_a_version_pins_it_and_keeps_the_newest_three(tmp_path):
         ) == [4]
 
 
-def test_the_build_record_holds_the_configs_and_metadata_of_its_version(tmp_path):
-    out = write(tmp_path)
+def test_the_build_record_holds_the_configs_and_metadata_of_its_version(tmp_path, snapshot_file):
+    out = write(tmp_path, snapshot_file)
     build = versions.Build.read(out, 1)
     assert build.version == 1 and build.metadata["build_version"] == "1"
     assert set(build.configs) == set(versions.MODELS)
     assert build.canary_probabilities == [] and build.canary_records(out) == []
+    served = snapshot.Snapshot.load(snapshot_file)
+    assert build.metadata["snapshot_as_of"] == str(served.as_of)
+    assert build.metadata["snapshot_items"] == str(len(served.items.ids))
+    assert build.metadata["snapshot_categories"] == str(len(served.categories.ids))
+    assert build.metadata["snapshot_sha256"] == sha256(snapshot_file)
+
+
+@pytest.mark.parametrize("snapshot_words", [False, True])
+def test_preprocess_is_told_whether_the_text_has_snapshot_words(
+    tmp_path, snapshot_file, snapshot_words
+):
+    out = write(tmp_path, snapshot_file, snapshot_words=snapshot_words)
+    config = versions.read_config(out / contract.PREPROCESS / "config.pbtxt")
+    value = config.parameters[contract.PARAM_SNAPSHOT_WORDS].string_value
+    assert value == str(int(snapshot_words))
+
+
+def test_a_refreshed_snapshot_is_a_new_pinned_version_of_the_same_build(
+    tmp_path, snapshot_file, small_snapshot
+):
+    out = write(tmp_path, snapshot_file, snapshot_words=True)
+    old = versions.Build.read(out, 1)
+    later = snapshot.Snapshot.empty(small_snapshot.as_of + 86400)
+
+    build = repository.refresh_snapshot(out, later)
+
+    assert build.version == 2 and versions.pinned_version(out) == 2
+    assert versions.Build.read(out, 2) == build
+    new_file = out / contract.PREPROCESS / "2" / snapshot.FILE
+    assert snapshot.Snapshot.load(new_file).as_of == later.as_of
+    assert sha256(out / contract.PREPROCESS / "1" / snapshot.FILE) == sha256(snapshot_file)
+    assert build.metadata == {
+        **old.metadata,
+        "build_version": "2",
+        "refreshed_from": "1",
+        **later.metadata(new_file),
+    }
+    assert versions.incompatibilities(old, build) == []  # a rollout can switch to it
+    for name in (contract.ENCODER, contract.HEAD):
+        assert (out / name / "2" / "model.onnx").read_bytes() == GRAPHS[name], name
+    ensemble = versions.read_config(out / contract.ENSEMBLE / "config.pbtxt")
+    assert [step.model_version for step in ensemble.ensemble_scheduling.step] == [2, 2, 2]
+    assert ensemble.parameters["refreshed_from"].string_value == "1"
+
+
+def test_a_repository_without_a_pinned_build_has_no_snapshot_to_refresh(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        repository.refresh_snapshot(tmp_path, snapshot.Snapshot.empty())
+
+
+def test_renumbered_configs_serve_their_version_and_leave_the_originals_alone():
+    spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=29, vocab_size=10)
+    original = repository.model_configs(spec, 1, {"build_version": "1"})
+    renumbered = versions.renumbered(original, 5, {"build_version": "5", "x": "y"})
+    assert renumbered == repository.model_configs(spec, 5, {"build_version": "5", "x": "y"})
+    assert original == repository.model_configs(spec, 1, {"build_version": "1"})
 
 
 def test_builds_with_other_step_configs_cannot_be_rolled_out_side_by_side(tmp_path):
@@ -198,10 +263,10 @@ def test_builds_with_other_step_configs_cannot_be_rolled_out_side_by_side(tmp_pa
     assert versions.incompatibilities(one, three) == [contract.PREPROCESS, contract.ENCODER]
 
 
-def test_pinning_an_older_build_makes_a_fresh_server_serve_it(tmp_path):
-    out = write(tmp_path)
-    write(tmp_path)
-    write(tmp_path)
+def test_pinning_an_older_build_makes_a_fresh_server_serve_it(tmp_path, snapshot_file):
+    out = write(tmp_path, snapshot_file)
+    write(tmp_path, snapshot_file)
+    write(tmp_path, snapshot_file)
     versions.pin(out, versions.Build.read(out, 1))
     assert versions.pinned_version(out) == 1
     assert versions.prune(out, keep=1) == [2]  # the pinned version stays

@@ -2,12 +2,14 @@
 `triton_python_backend_utils` (tests/fake_python_backend.py) on hand-made records.
 
 Its model file is loaded from a repository that `write_repository` wrote with the packaged
-tokenizer (the copy Triton would load, next to its modules); `initialize` / `execute` run for
-real. `encoder` and `head` need real graphs: tests/integration/test_onnx_models.py.
+tokenizer and a small hand-made snapshot (the copies Triton would load, next to its modules);
+`initialize` / `execute` run for real. `encoder` and `head` need real graphs:
+tests/integration/test_onnx_models.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +25,10 @@ from fake_python_backend import (
 )
 
 from ubm import contract
-from ubm_build.inputs.features import FEATURE_NAMES
-from ubm_build.model.network import DEFAULT_BASE_MODEL
+from ubm.records import Event
+from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
+from ubm_build.inputs.snapshot import SNAPSHOT_FEATURE_NAMES
+from ubm_build.model.network import DEFAULT_BASE_MODEL, load_tokenizer
 from ubm_build.serving import repository
 from ubm_build.serving.triton_models import responses
 
@@ -33,17 +37,27 @@ HUGE = 10_000_000
 T0 = 1_512_172_800
 
 
+MAX_LENGTH = 64
+
+
 @pytest.fixture(scope="module")
-def preprocess(tmp_path_factory) -> Any:
-    """`preprocess` of a repository whose graphs are placeholders: it never reads them."""
+def preprocess(tmp_path_factory, snapshot_file) -> Any:
+    """`preprocess` of a repository whose graphs are placeholders (it never reads them), with
+    the snapshot's words in the text."""
     out = tmp_path_factory.mktemp("repository")
     placeholder = out / "placeholder.onnx"
     placeholder.write_bytes(b"not read by preprocess")
-    spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=len(FEATURE_NAMES))
+    spec = repository.RepositorySpec(
+        max_length=MAX_LENGTH,
+        hidden_size=32,
+        n_features=len(FEATURE_NAMES),
+        snapshot_words=True,
+    )
     written = repository.write_repository(
         out / "repository",
         spec,
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
+        snapshot_file=snapshot_file,
         encoder_onnx=placeholder,
         head_onnx=placeholder,
     )
@@ -125,10 +139,10 @@ def test_preprocess_blames_the_record_the_feature_code_cannot_take(
 ):
     """Records that pass the schema but break the feature code (as a ts in milliseconds did
     before the schema bounded it) fail their own request, naming the record."""
-    real = preprocess.module.model_inputs
+    real = preprocess.reader
 
-    def fragile(tokenizer: Any, sequences: list, max_length: int) -> Any:
-        inputs = real(tokenizer, sequences, max_length)
+    def fragile(sequences: list) -> Any:
+        inputs = real(sequences)
         for row, events in enumerate(sequences):
             if any(event.item == "cursed" for event in events):
                 if failure is not None:
@@ -136,7 +150,7 @@ def test_preprocess_blames_the_record_the_feature_code_cannot_take(
                 inputs.features[row, 0] = np.nan
         return inputs
 
-    monkeypatch.setattr(preprocess.module, "model_inputs", fragile)
+    monkeypatch.setattr(preprocess, "reader", fragile)
     cursed = with_event(records[4], item="cursed")
     good = records_request(*records[:3])
     responses = preprocess.execute([good, records_request(records[3], cursed, records[5])])
@@ -150,7 +164,7 @@ def test_preprocess_reports_a_server_bug_briefly(preprocess, records, monkeypatc
     def broken(*args: Any) -> None:
         raise RuntimeError(detail)
 
-    monkeypatch.setattr(preprocess.module, "model_inputs", broken)
+    monkeypatch.setattr(preprocess, "reader", broken)
     response = preprocess.execute([records_request(records[0])])[0]
     message = assert_error(response, FakeTritonError.INTERNAL, "preprocess")
     assert "/srv/secret" not in message and "Traceback" not in message
@@ -161,9 +175,9 @@ def test_preprocess_reports_a_server_bug_briefly(preprocess, records, monkeypatc
 
 def test_preprocess_skips_a_cancelled_request(preprocess, records, monkeypatch):
     calls = []
-    real = preprocess.module.model_inputs
+    real = preprocess.reader
     monkeypatch.setattr(
-        preprocess.module, "model_inputs", lambda *a: calls.append(len(a[1])) or real(*a)
+        preprocess, "reader", lambda events: calls.append(len(events)) or real(events)
     )
     responses = preprocess.execute(
         [records_request(records[0]), records_request(*records[1:4], cancelled=True)]
@@ -171,3 +185,31 @@ def test_preprocess_skips_a_cancelled_request(preprocess, records, monkeypatch):
     assert responses[0].error is None
     assert_error(responses[1], FakeTritonError.CANCELLED)
     assert calls == [1]
+
+
+def test_preprocess_reads_records_as_training_does_with_the_served_snapshot(
+    preprocess, records, small_snapshot
+):
+    """The served inputs are the training reader's with the repository's snapshot and words,
+    for ids the snapshot knows and ids it never saw."""
+    unseen = {"id": "new", "events": [event(T0, "view", 999), event(T0 + 60, "cart", 105)]}
+    batch = [
+        *records[:4],
+        unseen,
+        {**unseen, "events": [{**e, "category": "x"} for e in unseen["events"]]},
+    ]
+    (response,) = preprocess.execute([records_request(*batch)])
+    reader = RecordReader(load_tokenizer(DEFAULT_BASE_MODEL), MAX_LENGTH, small_snapshot, True)
+    expected_events = [[Event(**e) for e in record["events"]] for record in batch]
+    expected = reader(expected_events)
+    np.testing.assert_array_equal(response[contract.INPUT_IDS], expected.ids)
+    np.testing.assert_array_equal(response[contract.ATTENTION_MASK], expected.mask)
+    np.testing.assert_array_equal(response[contract.FEATURES], expected.features)
+    without_words = dataclasses.replace(reader, snapshot_words=False)(expected_events)
+    # the words are in the served text: more tokens
+    assert (expected.mask.sum(1) > without_words.mask.sum(1)).all()
+    served = response[contract.FEATURES][:, -len(SNAPSHOT_FEATURE_NAMES) :]
+    unseen_item = SNAPSHOT_FEATURE_NAMES.index("last_item_unseen")
+    unseen_category = SNAPSHOT_FEATURE_NAMES.index("last_category_unseen")
+    assert served[:, unseen_item].tolist() == [0, 0, 0, 0, 1, 1]
+    assert served[:, unseen_category].tolist() == [0, 0, 0, 0, 0, 1]

@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2
 from ubm import contract
 from ubm.records import parse_record_json
 from ubm_build.bench import first_request
-from ubm_build.inputs.features import FEATURE_NAMES
+from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, warmup
 from ubm_build.serving.triton_models.onnx_model import check_tokens
@@ -32,12 +32,20 @@ NUMPY_TYPES = {"TYPE_INT64": "<i8", "TYPE_FP32": "<f4"}
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> Path:
+def reader(small_snapshot) -> RecordReader:
+    """The packaged tokenizer's reader with a small snapshot and its words."""
+    return RecordReader(
+        Tokenizer.from_file(str(TOKENIZER_JSON)), SPEC.max_length, small_snapshot, True
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, reader) -> Path:
     """A directory with the encoder's and head's warm-up data, as a repository holds them."""
     out = tmp_path_factory.mktemp("repository")
     for model in WARMUPS:
         (out / model).mkdir()
-    warmup.write_warmup_data(out, SPEC, tokenizer_json=TOKENIZER_JSON)
+    warmup.write_warmup_data(out, SPEC, reader)
     return out
 
 
@@ -139,26 +147,49 @@ def test_the_head_sample_is_finite_with_a_records_features(model_dirs):
     assert features.any()
 
 
-def test_a_spec_with_another_feature_count_is_refused(tmp_path):
+def test_a_spec_with_another_feature_count_is_refused(tmp_path, reader):
     spec = repository.RepositorySpec(max_length=64, hidden_size=32, n_features=3)
     with pytest.raises(ValueError, match="features"):
-        warmup.write_warmup_data(tmp_path, spec, tokenizer_json=TOKENIZER_JSON)
+        warmup.write_warmup_data(tmp_path, spec, reader)
 
 
-def test_a_records_file_without_records_is_refused(tmp_path):
+def test_a_records_file_without_records_is_refused(tmp_path, reader):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(ValueError, match="no records"):
-        warmup.write_warmup_data(tmp_path, SPEC, tokenizer_json=TOKENIZER_JSON, records_path=empty)
+        warmup.write_warmup_data(tmp_path, SPEC, reader, records_path=empty)
 
 
-def test_the_benchmark_strips_every_warmup_from_a_copy(tmp_path):
+def test_the_samples_are_the_readers_inputs_of_the_longest_record(tmp_path, reader):
+    """The head's sample holds the reader's features (snapshot columns included) of the
+    record whose tokens the encoder's sample holds."""
+    lines = [
+        '{"id": "a", "events": [{"ts": 1512172800, "type": "view", "item": "100"}]}',
+        '{"id": "b", "events": [{"ts": 1512172800, "type": "view", "item": "999"},'
+        ' {"ts": 1512172860, "type": "cart", "item": "104", "category": "8"}]}',
+    ]
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(line + "\n" for line in lines))
+    arrays = warmup.sample_arrays(SPEC, reader, records)
+    longest = reader([parse_record_json(lines[1]).events])
+    np.testing.assert_array_equal(arrays[contract.HEAD][contract.FEATURES], longest.features[0])
+    ids = arrays[contract.ENCODER][contract.INPUT_IDS]
+    n = int(longest.mask.sum())
+    assert ids.shape == (SPEC.max_length,)
+    np.testing.assert_array_equal(ids[:n], longest.ids[0, :n])
+    assert parse_record_json(
+        arrays[contract.PREPROCESS][contract.RECORDS][4:].tobytes()
+    ).events == (parse_record_json(lines[1]).events)
+
+
+def test_the_benchmark_strips_every_warmup_from_a_copy(tmp_path, snapshot_file):
     placeholder = tmp_path / "placeholder.onnx"
     placeholder.write_bytes(b"not read")
     written = repository.write_repository(
         tmp_path / "repository",
         SPEC,
         tokenizer_json=TOKENIZER_JSON,
+        snapshot_file=snapshot_file,
         encoder_onnx=placeholder,
         head_onnx=placeholder,
     )

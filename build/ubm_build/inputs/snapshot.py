@@ -180,6 +180,9 @@ class Snapshot:
 
 def _table(ids: np.ndarray, users: np.ndarray, types: np.ndarray, ts: np.ndarray) -> Table:
     keys, row = np.unique(ids.astype(str), return_inverse=True)
+    # As wide as the longest id counted, not as the input's widest (an event after as_of):
+    # the same knowledge gives the same file.
+    keys = np.array(keys.tolist(), dtype=str)
     counts = np.zeros((len(keys), len(EVENT_TYPES)), dtype=np.int64)
     np.add.at(counts, (row, types), 1)
     pairs = np.unique(np.stack([row, users.astype(np.int64)]), axis=1) if len(row) else row

@@ -1,11 +1,12 @@
-"""What each part of the served model adds: the same head fit on less.
+"""What each part of the model adds: the same head fit on less, or on other text.
 
-Every row is a `network.Head` (scaling, principal components, logistic regression)
-fit on the train window with the same settings as the served one, on a subset of its inputs:
-the text embedding alone, then with the session features, then with the snapshot features,
-then with the snapshot's words rendered into the text (the served model). When the encoder was
-adapted by masked-LM, one more row shows the served head on the base encoder's embeddings.
-Rows score the test window with uncalibrated logits (ROC-AUC does not need calibration).
+Every row is a `network.Head` (scaled features, principal components of the embedding, logistic
+regression) fit on the train window with the served settings, on some of the inputs: the text
+embedding alone, then with the session features, then with the snapshot features (all on the
+text without the snapshot's words), then with the snapshot's words rendered into the text. One
+of the last two is the served model (`served_row`). When the encoder was adapted by masked-LM,
+one more row shows the served head on the base encoder's embeddings. Rows score the test window
+with uncalibrated logits (ROC-AUC does not need calibration).
 """
 
 from __future__ import annotations
@@ -27,32 +28,36 @@ TITLES = {
     "text": "text only",
     "text_session": "text + session features",
     "text_session_snapshot": "text + session + snapshot features",
-    "served": "+ snapshot words in the text (served)",
-    "served_base_encoder": "served head on the base encoder (no masked-LM)",
+    "snapshot_words": "+ snapshot words in the text",
+    "base_encoder": "the served model on the base encoder (no masked-LM)",
 }
 """Row name -> title, in the order the card shows them."""
+
+
+def served_row(snapshot_words: bool) -> str:
+    """The row that is the served model."""
+    return "snapshot_words" if snapshot_words else "text_session_snapshot"
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
     embedded: str
-    """Which embeddings: ``plain`` (text without words), ``served`` or ``base``."""
+    """Which embeddings: ``plain`` (text without words), ``words``, or ``base`` (the served
+    text on the base encoder)."""
     features: np.ndarray
     """Columns of `FEATURE_NAMES` the head reads."""
 
 
-def _rows(words: bool, pretrained: bool) -> list[Row]:
-    text = "plain" if words else "served"
+def _rows(pretrained: bool) -> list[Row]:
     rows = [
-        Row("text", text, np.arange(0)),
-        Row("text_session", text, SESSION),
-        Row("text_session_snapshot", text, ALL_FEATURES),
+        Row("text", "plain", np.arange(0)),
+        Row("text_session", "plain", SESSION),
+        Row("text_session_snapshot", "plain", ALL_FEATURES),
+        Row("snapshot_words", "words", ALL_FEATURES),
     ]
-    if words:
-        rows.append(Row("served", "served", ALL_FEATURES))
     if pretrained:
-        rows.append(Row("served_base_encoder", "base", ALL_FEATURES))
+        rows.append(Row("base_encoder", "base", ALL_FEATURES))
     return rows
 
 
@@ -77,22 +82,23 @@ def ablation(result: TrainResult, base_model: Path, *, c: float) -> dict[str, np
         c: the head's inverse regularisation strength.
     """
     spec = result.model.spec
-    embedded = {"served": result.windows}
-    words = spec.snapshot_words
+    served, other = ("words", "plain") if spec.snapshot_words else ("plain", "words")
+    other_reader = replace(result.reader, snapshot_words=not spec.snapshot_words)
+    embedded = {
+        served: result.windows,
+        other: _embedded_again(result.model, other_reader, result),
+    }
     pretrained = result.summary.get("pretraining") is not None
-    if words:
-        plain = replace(result.reader, snapshot_words=False)
-        embedded["plain"] = _embedded_again(result.model, plain, result)
     if pretrained:
         base = BehaviourModel.from_base(base_model, spec.max_length)
         embedded["base"] = _embedded_again(base, result.reader, result)
     scores = {}
-    for row in _rows(words, pretrained):
+    for row in _rows(pretrained):
         data = embedded[row.embedded]
         components = min(spec.text_components, spec.hidden_size)
         head = Head(spec.hidden_size, len(row.features), components)
-        train = data["train"]
+        train, test = data["train"], data["test"]
         head.fit(train.embeddings, train.inputs.features[:, row.features], train.labels, c=c)
-        test = data["test"]
-        scores[row.name] = head_logits(head, test.embeddings, test.inputs.features[:, row.features])
+        features = test.inputs.features[:, row.features]
+        scores[row.name] = head_logits(head, test.embeddings, features)
     return scores

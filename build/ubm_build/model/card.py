@@ -69,11 +69,8 @@ class Card:
         bert, best = self.models["bert"]["roc_auc"], self.models[best_name]["roc_auc"]
         target = best + TARGET_MARGIN
         outcome = "reaches" if bert >= target else "does NOT reach"
-        low, high = (
-            self.ablation["served"]["difference_ci"]
-            if "served" in self.ablation
-            else (self.ablation["text_session_snapshot"]["difference_ci"])
-        )
+        served = ablation.served_row(self.summary["profile"]["snapshot_words"])
+        low, high = self.ablation[served]["difference_ci"]
         return (
             f"The served model {outcome} the target of the best point-in-time baseline"
             f" + {TARGET_MARGIN} ROC-AUC on the test window ({bert:.4f} vs"
@@ -95,11 +92,13 @@ class Card:
             "| model | ROC-AUC [95%] | difference [paired 95%] |",
             "|---|---|---|",
         ]
+        served = ablation.served_row(self.summary["profile"]["snapshot_words"])
         for name, row in self.ablation.items():
             low, high = row["roc_auc_ci"]
             d_low, d_high = row["difference_ci"]
+            title = ABLATION_TITLES.get(name, name) + (" **(served)**" if name == served else "")
             lines.append(
-                f"| {ABLATION_TITLES.get(name, name)} | {row['roc_auc']:.3f} [{low:.3f},"
+                f"| {title} | {row['roc_auc']:.3f} [{low:.3f},"
                 f" {high:.3f}] | {row['difference']:+.4f} [{d_low:+.3f}, {d_high:+.3f}] |"
             )
         return [*lines, ""]

@@ -45,6 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytriton
@@ -283,7 +284,10 @@ class TritonServer:
 
     Use as a context manager, or call `start` and `stop`. Logs go to `log_path`. `shm_dir`
     stands for /dev/shm, where the python backend's regions live (a parameter for tests).
-    `tls` and `token` turn on TLS and the client token (see the module's docstring).
+    `tls` and `token` turn on TLS and the client token (see the module's docstring). `env`
+    holds variables set over `server_environment`'s for the server and its python-backend
+    stubs (e.g. a ``PATH`` whose first ``python3`` is another virtual environment's; the
+    stubs run Python isolated, so ``PYTHONPATH`` and the like do not reach them).
     """
 
     def __init__(
@@ -297,6 +301,7 @@ class TritonServer:
         shm_dir: Path = SHM_DIR,
         tls: TlsSettings | None = None,
         token: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.workdir = Path(workdir).resolve()
@@ -306,6 +311,7 @@ class TritonServer:
         self.shm_dir = Path(shm_dir)
         self.tls = tls
         self._token = token
+        self._env = dict(env or {})
         self.log_path = self.workdir / "tritonserver.log"
         self.admin_token_path = self.workdir / ADMIN_TOKEN_FILE
         self._process: subprocess.Popen | None = None
@@ -405,7 +411,7 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_environment(),
+                env={**server_environment(), **self._env},
                 start_new_session=detach,
                 umask=SERVER_UMASK,
             )
