@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
 from ubm import contract
 from ubm_build import export, paths, steps
@@ -28,7 +28,7 @@ from ubm_build.export.variants import REQUIRED
 from ubm_build.inputs import snapshot
 from ubm_build.inputs.model_inputs import FEATURE_NAMES
 from ubm_build.model import ablation, card, train
-from ubm_build.model.network import DEFAULT_BASE_MODEL, load_tokenizer
+from ubm_build.model.network import DEFAULT_BASE_MODEL, load_tokenizer, tiny_bert_config
 from ubm_build.serving import repository, versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -61,14 +61,7 @@ def base_model(tmp_path_factory) -> Path:
     with the packaged tokenizer: what masked-LM pretraining and `BertModel` both load."""
     directory = tmp_path_factory.mktemp("tiny-base")
     vocab_size = load_tokenizer(DEFAULT_BASE_MODEL).get_vocab_size(with_added_tokens=True)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    config = tiny_bert_config(vocab_size)
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(directory)
     shutil.copy2(DEFAULT_BASE_MODEL / "tokenizer.json", directory / "tokenizer.json")

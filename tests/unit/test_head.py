@@ -35,7 +35,8 @@ def test_the_head_is_a_logistic_regression_on_scaled_features_and_components():
     scaled = (features - features.mean(0)) / np.where(std > 1e-3, std, 1.0)
     projected = PCA(COMPONENTS, random_state=0).fit(embeddings).transform(embeddings)
     x = np.hstack([scaled, projected])
-    expected = LogisticRegression(C=0.5, max_iter=5000).fit(x, labels).decision_function(x)
+    model = LogisticRegression(C=0.5, tol=1e-8, max_iter=20_000).fit(x.astype(np.float64), labels)
+    expected = model.decision_function(x)
     with torch.no_grad():
         logits = head.logit(torch.from_numpy(embeddings), torch.from_numpy(features)).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)

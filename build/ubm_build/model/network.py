@@ -185,15 +185,7 @@ class BehaviourModel(nn.Module):
     ) -> BehaviourModel:
         """A randomly initialised 2-layer BERT on the base model's vocabulary (for tests)."""
         torch.manual_seed(seed)
-        vocab_size = BertConfig.from_pretrained(base_model).vocab_size
-        config = BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=max(max_length, 64),
-        )
+        config = tiny_bert_config(BertConfig.from_pretrained(base_model).vocab_size, max_length)
         spec = ModelSpec(
             max_length=max_length,
             base_model=str(base_model),
@@ -217,6 +209,18 @@ class BehaviourModel(nn.Module):
         model = cls._assemble(bert, spec)
         model.head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
         return model.eval()
+
+
+def tiny_bert_config(vocab_size: int, max_length: int = 64) -> BertConfig:
+    """A 2-layer BERT of hidden size 32 (for tests)."""
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max(max_length, 64),
+    )
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

@@ -3,7 +3,7 @@ predict the test window.
 
 1. The encoder: the base BERT, optionally adapted by masked-LM on the train window's behaviour
    texts (`pretrain`). It is not fine-tuned on the labels: a fine-tuned encoder scored below
-   a logistic regression on its own features (see the model card), at ten times the cost.
+   a logistic regression on its own features (README, Model quality), at ten times the cost.
 2. Every example's inputs are read point-in-time (its own day's snapshot) and embedded once.
 3. The head (`network.Head`) is fit on the train window's embeddings and features, and
    Platt-calibrated on the validation window's logits.
@@ -108,17 +108,6 @@ def embed(model: BehaviourModel, inputs: ModelInputs, batch_size: int = 64) -> n
 def head_logits(head: Head, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
     """Uncalibrated logits of `head`."""
     return head.logit(torch.from_numpy(embeddings), torch.from_numpy(features)).numpy()
-
-
-def predict(
-    model: BehaviourModel, reader: RecordReader, events: Sequence[Sequence[Event]]
-) -> np.ndarray:
-    """Calibrated purchase probabilities of event sequences read with `reader`."""
-    inputs = reader(events)
-    embeddings = embed(model, inputs)
-    with torch.inference_mode():
-        probabilities = model.head(torch.from_numpy(embeddings), torch.from_numpy(inputs.features))
-    return probabilities.squeeze(-1).numpy()
 
 
 def fit_calibration(model: BehaviourModel, logits: np.ndarray, labels: np.ndarray) -> None:
