@@ -110,6 +110,18 @@ def head_logits(head: Head, embeddings: np.ndarray, features: np.ndarray) -> np.
     return head.logit(torch.from_numpy(embeddings), torch.from_numpy(features)).numpy()
 
 
+def predict(
+    model: BehaviourModel, reader: RecordReader, events: Sequence[Sequence[Event]]
+) -> np.ndarray:
+    """PyTorch's calibrated purchase probabilities of event sequences read with `reader` (the
+    reference the exported graphs are checked against)."""
+    inputs = reader(events)
+    embeddings = embed(model, inputs)
+    with torch.inference_mode():
+        probabilities = model.head(torch.from_numpy(embeddings), torch.from_numpy(inputs.features))
+    return probabilities.squeeze(-1).numpy()
+
+
 def fit_calibration(model: BehaviourModel, logits: np.ndarray, labels: np.ndarray) -> None:
     """Platt scaling on held-out logits, stored in the head."""
     platt = LogisticRegression(C=1e6).fit(logits.reshape(-1, 1), labels)
