@@ -84,9 +84,6 @@ class DailySnapshots:
             self.by_day[as_of] = self.log.snapshot(as_of)
         return self.by_day[as_of]
 
-    def of(self, example: Example) -> Snapshot:
-        return self.at(snapshot_time(example))
-
 
 def _by_day(examples: Sequence[Example]) -> dict[int, list[int]]:
     rows: dict[int, list[int]] = defaultdict(list)
