@@ -6,8 +6,8 @@ up a batch of records' items and categories in it (one vectorised ``searchsorted
 and gives `SNAPSHOT_FEATURE_NAMES`. An id the snapshot never saw is *unseen*: its counts are 0,
 its age is `UNSEEN_AGE_S` and the ``*_unseen`` columns say so.
 
-Training reads, for each example, the snapshot as of the start of the example's own (China)
-day, so no example sees an event at or after its prediction time; the served repository holds
+Training reads, for each example, the snapshot as of the start of the (China) day of its last
+event, so no example sees an event at or after its prediction time; the served repository holds
 the snapshot as of the day it serves. Saved as one ``.npz`` file (`save`, `load`).
 
 Copied into the model repository next to ``behaviour_text.py``; there its flat neighbours are
@@ -16,6 +16,7 @@ imported, never the installed build package. Standard library and numpy only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Sequence
@@ -124,9 +125,10 @@ class Snapshot:
             types=none,
         )
 
-    @property
+    @functools.cached_property
     def buy_rate(self) -> float:
-        """Buys per event over everything counted (the prior of the smoothed rates)."""
+        """Buys per event over everything counted (the prior of the smoothed rates; computed
+        once, not on every lookup)."""
         total = self.items.counts.sum()
         return float(self.items.counts[:, _BUY].sum() / total) if total else 0.0
 
@@ -240,14 +242,14 @@ def snapshot_features(snapshot: Snapshot, event_sequences: Sequence[Sequence[Eve
         item_starts[row], category_starts[row] = len(session_items), len(session_categories)
         session_items.extend(dict.fromkeys(e.item for e in session))
         session_categories.extend(dict.fromkeys(e.category for e in session))
-
-    def ids(values: list[str]) -> np.ndarray:
-        return np.array(values, dtype=str) if values else np.array([], dtype=str)
-
-    last_item = _lookup(snapshot, snapshot.items, ids(last_items), "item")
-    last_category = _lookup(snapshot, snapshot.categories, ids(last_categories), "category")
-    items = _lookup(snapshot, snapshot.items, ids(session_items), "item")
-    categories = _lookup(snapshot, snapshot.categories, ids(session_categories), "category")
+    last_item = _lookup(snapshot, snapshot.items, np.array(last_items, dtype=str), "item")
+    last_category = _lookup(
+        snapshot, snapshot.categories, np.array(last_categories, dtype=str), "category"
+    )
+    items = _lookup(snapshot, snapshot.items, np.array(session_items, dtype=str), "item")
+    categories = _lookup(
+        snapshot, snapshot.categories, np.array(session_categories, dtype=str), "category"
+    )
     item_lengths = np.diff(np.append(item_starts, len(session_items)))
     log = np.log1p
     columns = {
@@ -310,16 +312,14 @@ def id_words(
         np.array([e.category for e in flat], dtype=str),
         "category",
     )
-    item_word = np.where(
-        item.unseen, "new", np.where(item.events < POPULAR_ITEM_EVENTS, "rare", "popular")
-    ).astype(object)
+    item_level = np.where(item.unseen, 0, np.where(item.events < POPULAR_ITEM_EVENTS, 1, 2))
+    item_word = np.array(ITEM_WORDS, dtype=object)[item_level]
     item_word = np.where(item.buys > 0, item_word + " bought", item_word)
     relative = category.buy_rate / max(snapshot.buy_rate, 1e-12)
-    category_word = np.where(
-        category.unseen,
-        "new",
-        np.where(relative < COLD_RATE, "cold", np.where(relative <= HOT_RATE, "warm", "hot")),
+    category_level = np.where(
+        category.unseen, 0, 1 + (relative >= COLD_RATE) + (relative > HOT_RATE)
     )
+    category_word = np.array(CATEGORY_WORDS, dtype=object)[category_level]
     pairs = list(zip(item_word.tolist(), category_word.tolist(), strict=True))
     out, start = [], 0
     for events in newest:
