@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ubm_build.data.point_in_time import point_in_time_inputs
 from ubm_build.inputs.features import SESSION_FEATURE_NAMES
-from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
+from ubm_build.inputs.model_inputs import FEATURE_NAMES
 from ubm_build.model.network import BehaviourModel, Head
-from ubm_build.model.train import WINDOW_NAMES, Embedded, TrainResult, embed, head_logits
+from ubm_build.model.train import TrainResult, embed_windows, head_logits
 
 SESSION = np.arange(len(SESSION_FEATURE_NAMES))
 ALL_FEATURES = np.arange(len(FEATURE_NAMES))
@@ -61,18 +60,6 @@ def _rows(pretrained: bool) -> list[Row]:
     return rows
 
 
-def _embedded_again(
-    model: BehaviourModel, reader: RecordReader, result: TrainResult
-) -> dict[str, Embedded]:
-    """`result`'s windows read with `reader` and embedded by `model`."""
-    out = {}
-    for name in WINDOW_NAMES:
-        window = result.windows[name]
-        inputs = point_in_time_inputs(reader, window.examples, result.snapshots)
-        out[name] = Embedded(window.examples, inputs, embed(model, inputs), window.labels)
-    return out
-
-
 def ablation(result: TrainResult, base_model: Path, *, c: float) -> dict[str, np.ndarray]:
     """Test-window logits of each row of `TITLES` that applies to this model.
 
@@ -84,14 +71,15 @@ def ablation(result: TrainResult, base_model: Path, *, c: float) -> dict[str, np
     spec = result.model.spec
     served, other = ("words", "plain") if spec.snapshot_words else ("plain", "words")
     other_reader = replace(result.reader, snapshot_words=not spec.snapshot_words)
+    examples = {name: window.examples for name, window in result.windows.items()}
     embedded = {
         served: result.windows,
-        other: _embedded_again(result.model, other_reader, result),
+        other: embed_windows(result.model, other_reader, examples, result.snapshots),
     }
     pretrained = result.summary.get("pretraining") is not None
     if pretrained:
         base = BehaviourModel.from_base(base_model, spec.max_length)
-        embedded["base"] = _embedded_again(base, result.reader, result)
+        embedded["base"] = embed_windows(base, result.reader, examples, result.snapshots)
     scores = {}
     for row in _rows(pretrained):
         data = embedded[row.embedded]

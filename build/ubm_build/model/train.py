@@ -139,6 +139,20 @@ class Embedded:
     labels: np.ndarray
 
 
+def embed_windows(
+    model: BehaviourModel,
+    reader: RecordReader,
+    windows: dict[str, Sequence[Example]],
+    snapshots: DailySnapshots,
+) -> dict[str, Embedded]:
+    """Each window's examples read point-in-time with `reader` and embedded by `model`."""
+    out = {}
+    for name in tqdm(WINDOW_NAMES, desc="read and embed", unit="window"):
+        inputs = point_in_time_inputs(reader, windows[name], snapshots)
+        out[name] = Embedded(windows[name], inputs, embed(model, inputs), labels_of(windows[name]))
+    return out
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: BehaviourModel
@@ -197,13 +211,8 @@ def train(
         snapshots.at(SERVING_AS_OF),
         profile.snapshot_words,
     )
-    embedded = {}
     embed_started = time.perf_counter()
-    for name in tqdm(WINDOW_NAMES, desc="read and embed", unit="window"):
-        inputs = point_in_time_inputs(reader, windows[name], snapshots)
-        embedded[name] = Embedded(
-            windows[name], inputs, embed(model, inputs), labels_of(windows[name])
-        )
+    embedded = embed_windows(model, reader, windows, snapshots)
     embed_s = time.perf_counter() - embed_started
     fit = embedded["train"]
     model.head.fit(fit.embeddings, fit.inputs.features, fit.labels, c=profile.head_c)
