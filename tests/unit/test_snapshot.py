@@ -19,6 +19,8 @@ from ubm import records
 from ubm.records import EVENT_TYPES, Event
 from ubm_build.inputs import behaviour_text, snapshot
 from ubm_build.inputs.behaviour_text import CHINA, MAX_TEXT_EVENTS, split_session
+from ubm_build.inputs.features import feature_matrix
+from ubm_build.inputs.model_inputs import unseen_counts
 from ubm_build.inputs.snapshot import (
     RATE_PRIOR_EVENTS,
     SNAPSHOT_FEATURE_NAMES,
@@ -28,7 +30,6 @@ from ubm_build.inputs.snapshot import (
     day_start,
     id_words,
     snapshot_features,
-    unseen_counts,
 )
 
 AS_OF = int(datetime(2017, 12, 2, tzinfo=CHINA).timestamp())
@@ -266,7 +267,8 @@ def test_unseen_counts_count_records_by_their_last_event():
         [Event(AS_OF - 60, "view", "never", "nowhere")],
         [Event(AS_OF - 90, "view", "never", "nowhere"), Event(AS_OF - 60, "view", ITEMS[1], "4")],
     ]
-    assert unseen_counts(snapshot_features(taken, sequences)) == (2, 1)
+    features = np.hstack([feature_matrix(sequences), snapshot_features(taken, sequences)])
+    assert unseen_counts(features) == (2, 1)  # read from a batch's whole feature matrix
 
 
 def test_save_and_load_give_the_same_arrays_and_bytes(tmp_path):

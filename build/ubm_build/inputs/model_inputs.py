@@ -74,6 +74,14 @@ def model_inputs(
     return ModelInputs(ids, mask, features, truncated)
 
 
+def unseen_counts(features: np.ndarray) -> tuple[int, int]:
+    """(records whose last item, records whose last category the snapshot never saw), from
+    a batch's `ModelInputs.features`."""
+    item = FEATURE_NAMES.index("last_item_unseen")
+    category = FEATURE_NAMES.index("last_category_unseen")
+    return int(features[:, item].sum()), int(features[:, category].sum())
+
+
 @dataclass(frozen=True)
 class RecordReader:
     """How a model reads records: its tokenizer and token limit, the snapshot, and whether the

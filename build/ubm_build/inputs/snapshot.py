@@ -274,13 +274,6 @@ def snapshot_features(snapshot: Snapshot, event_sequences: Sequence[Sequence[Eve
     return np.stack([columns[name] for name in SNAPSHOT_FEATURE_NAMES], axis=1).astype(np.float32)
 
 
-def unseen_counts(features: np.ndarray) -> tuple[int, int]:
-    """(records whose last item, records whose last category the snapshot never saw)."""
-    item = SNAPSHOT_FEATURE_NAMES.index("last_item_unseen")
-    category = SNAPSHOT_FEATURE_NAMES.index("last_category_unseen")
-    return int(features[:, item].sum()), int(features[:, category].sum())
-
-
 def day_start(ts: int, utc_offset_s: int) -> int:
     """Unix seconds of the start of `ts`'s day in the time zone `utc_offset_s` east of UTC."""
     return (ts + utc_offset_s) // 86400 * 86400 - utc_offset_s

@@ -40,8 +40,7 @@ from pathlib import Path
 import contract
 import drift
 import numpy as np
-import snapshot
-from model_inputs import ModelInputs, RecordReader
+from model_inputs import ModelInputs, RecordReader, unseen_counts
 from records import ERROR_FIELDS, RecordError, parse_record_json
 from responses import error_response, log_failure
 
@@ -351,9 +350,7 @@ class TritonPythonModel:
                 pb_utils.TritonError.INTERNAL,
             )
         if any(record.id != contract.WARMUP_RECORD_ID for record in records):
-            unseen = snapshot.unseen_counts(
-                inputs.features[:, -len(snapshot.SNAPSHOT_FEATURE_NAMES) :]
-            )
+            unseen = unseen_counts(inputs.features)
             self.count(lambda m: m.record_scored(self.drift_counts(events, inputs), unseen))
         return pb_utils.InferenceResponse(
             [
