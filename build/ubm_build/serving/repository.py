@@ -110,10 +110,6 @@ def _dynamic_batching(spec: RepositorySpec) -> dict:
     }
 
 
-def _string_parameters(values: dict[str, int]) -> dict:
-    return {key: {"string_value": str(value)} for key, value in values.items()}
-
-
 def _onnx_model(
     name: str,
     spec: RepositorySpec,
@@ -136,7 +132,7 @@ def _onnx_model(
     }
     if spec.target is Target.CPU_PYTHON:
         config["backend"] = "python"
-        config["parameters"] = _string_parameters(
+        config["parameters"] = versions.string_parameters(
             {
                 contract.PARAM_INTRA_OP_THREADS: threads,
                 contract.PARAM_ROWS_PER_RUN: rows_per_run,
@@ -229,7 +225,7 @@ def model_configs(
             "output": [*token_outputs, feature_tensor],
             "instance_group": [{"kind": "KIND_CPU", "count": spec.tuning.preprocess_instances}],
             "dynamic_batching": _dynamic_batching(spec),
-            "parameters": _string_parameters(
+            "parameters": versions.string_parameters(
                 {
                     contract.PARAM_MAX_LENGTH: spec.max_length,
                     contract.PARAM_SNAPSHOT_WORDS: int(spec.snapshot_words),
@@ -259,7 +255,7 @@ def model_configs(
     for config in configs.values():
         config["version_policy"] = {"specific": {"versions": [version]}}
     if metadata:
-        configs[contract.ENSEMBLE]["parameters"] = _string_parameters(dict(metadata))
+        configs[contract.ENSEMBLE]["parameters"] = versions.string_parameters(dict(metadata))
     return configs
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,11 @@ def prune(repository_dir: Path, keep: int = VERSIONS_KEPT) -> list[int]:
     return sorted(deleted)
 
 
+def string_parameters(values: Mapping[str, object]) -> dict[str, dict[str, str]]:
+    """Config ``parameters`` holding `values` as strings."""
+    return {key: {"string_value": str(value)} for key, value in values.items()}
+
+
 def renumbered(
     configs: dict[str, dict[str, Any]], version: int, metadata: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
@@ -143,7 +149,7 @@ def renumbered(
         **ensemble["ensemble_scheduling"],
         "step": [{**step, "model_version": version} for step in steps],
     }
-    ensemble["parameters"] = {key: {"string_value": value} for key, value in metadata.items()}
+    ensemble["parameters"] = string_parameters(metadata)
     return out
 
 
