@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from ubm import contract
 from ubm.config import TlsConfig, channel_options
+from ubm.records import MAX_TS
 from ubm_build import data, export, options, paths, steps
 from ubm_build.data.point_in_time import EventLog
 from ubm_build.model import train
@@ -212,18 +213,26 @@ def report_command(
 
 def _moment(value: str) -> int:
     """Unix seconds of ``--as-of``: unix seconds, or an ISO date or time (China time, the
-    data's clock, unless it names its offset)."""
+    data's clock, unless it names its offset), from 1970 up to the record schema's `MAX_TS`."""
     if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        seconds = int(value)
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is neither unix seconds nor an ISO date or time",
+                param_hint="--as-of",
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=data.CHINA)
+        seconds = int(moment.timestamp())
+    if not 0 <= seconds < MAX_TS:
         raise click.BadParameter(
-            f"{value!r} is neither unix seconds nor an ISO date or time", param_hint="--as-of"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=data.CHINA)
-    return int(moment.timestamp())
+            f"{value!r} is outside 1970-01-01 .. 2100-01-01 (unix seconds 0 .. {MAX_TS})",
+            param_hint="--as-of",
+        )
+    return seconds
 
 
 @main.command("snapshot")
@@ -255,14 +264,21 @@ def snapshot_command(as_of: str, csv: Path, out: Path | None, repository_dir: Pa
     when = datetime.fromtimestamp(taken.as_of, data.CHINA).isoformat()
     counts = f"{len(taken.items.ids)} items, {len(taken.categories.ids)} categories"
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        taken.save(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            taken.save(out)
+        except OSError as e:
+            raise click.ClickException(f"cannot write the snapshot to {out}: {e}") from e
         _echo(f"snapshot as of {when}: {counts}, written to {out}")
         return
     try:
         build = repository.refresh_snapshot(repository_dir, taken)
     except FileNotFoundError as e:
         raise click.ClickException(f"{repository_dir} has no pinned build to refresh: {e}") from e
+    except OSError as e:  # the new version is not pinned: servers keep what they serve
+        raise click.ClickException(
+            f"cannot write the new version into {repository_dir}: {e}"
+        ) from e
     _echo(
         f"snapshot as of {when} ({counts}) is version {build.version} of {repository_dir},"
         f" pinned; switch a running server to it with `ubm-build rollout`"

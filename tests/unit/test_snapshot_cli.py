@@ -60,7 +60,9 @@ def test_as_of_is_unix_seconds_or_iso_in_china_time(value, expected):
     assert _moment(value) == expected
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2017-13-01", "12.5", ""])
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2017-13-01", "12.5", "", "99999999999999999999", "-5", "2200-01-01"]
+)
 def test_a_bad_as_of_is_a_usage_error_naming_the_option(csv, tmp_path, value):
     with pytest.raises(click.BadParameter):
         _moment(value)
@@ -135,3 +137,12 @@ def test_repository_adds_a_pinned_version_serving_the_new_snapshot(csv, tmp_path
     assert versions.pinned_version(out) == 2
     served = Snapshot.load(versions.version_dir(out, contract.PREPROCESS, 2) / FILE)
     assert served.as_of == DEC_2 and served.items.ids.tolist() == ["10", "11"]
+
+
+def test_an_unwritable_out_is_a_one_line_error(csv, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("snapshot", "--as-of", "2017-12-02", "--csv", csv, "--out", blocker / "s.npz")
+    assert result.exit_code == 1, result.output
+    assert "cannot write the snapshot" in result.output
+    assert "Traceback" not in result.output
