@@ -120,7 +120,7 @@ def write_tiny_repository(
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
         snapshot_file=model_dir / snapshot.FILE,
-        encoder_onnx=encoder_onnx,
+        encoder=encoder_onnx,
         head_onnx=head_onnx,
         canary_records=canary,
         drift_reference=drift_reference,

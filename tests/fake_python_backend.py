@@ -101,6 +101,7 @@ FAKE_PB_UTILS = SimpleNamespace(
 )
 FLAT_MODULES = (
     "contract",
+    "engine_model",
     "records",
     "model_inputs",
     "behaviour_text",

@@ -6,11 +6,15 @@ Each package may import only from the packages above it in this list (and from t
     inputs     record -> model inputs (behaviour text, session features), copied into Triton
     data       Taobao UserBehavior CSV -> labelled session examples, split by time
     model      the network, training, calibration, baselines, quality, the model card
-    export     ONNX graphs, their variants (fp32, int8), parity and batch-dependence checks
+    export     the encoder for each engine (ONNX Runtime, OpenVINO, TensorRT) and precision,
+               parity, ROC-AUC and batch-dependence checks
     serving    the Triton model repository, its python-backend models, the local tritonserver
     bench      measurements: in process and served, tuning, perf_analyzer, capacity helpers
     steps      the build steps that `ubm-build` runs, each reading and writing files
     cli        the `ubm-build` command
+
+The python-backend models (`serving/triton_models`) import nothing of ubm_build but each other,
+so any layer may run them in process: the checks and benchmarks run what the server runs.
 
 Only the command modules (`cli`, and the `python -m` entry points in `bench`) raise click
 exceptions; library functions raise their own errors.

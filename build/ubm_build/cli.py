@@ -18,6 +18,7 @@ from ubm.config import TlsConfig, channel_options
 from ubm.records import MAX_TS
 from ubm_build import data, export, options, paths, steps
 from ubm_build.data.point_in_time import EventLog
+from ubm_build.export import tensorrt
 from ubm_build.model import train
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, rollout, server, versions
@@ -49,15 +50,25 @@ base_model_option = click.option(
 target_option = click.option(
     "--target",
     type=click.Choice([t.value for t in repository.Target]),
-    default=repository.Target.CPU_PYTHON.value,
+    default=repository.Target.PYTHON.value,
     show_default=True,
-    help="cpu: ONNX Runtime in python-backend models (pip tritonserver);"
-    " onnxruntime: Triton's native ONNX Runtime backend.",
+    help="python: python-backend models (the pip tritonserver), the encoder on ONNX Runtime or"
+    " OpenVINO (or PyTorch with --device cuda); onnxruntime, openvino, tensorrt: Triton's"
+    " native backends (NVIDIA's containers).",
+)
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the encoder runs. cuda: PyTorch fp16 on the python target, TensorRT FP16"
+    " through ONNX Runtime on the onnxruntime target (tensorrt always runs on cuda).",
 )
 variant_option = click.option(
     "--variant",
     type=click.Choice([v.value for v in export.Variant]),
-    help="Encoder variant to serve  [default: the fastest that passed its check].",
+    help="Encoder variant to serve  [default: the fastest on the target's engines that passed"
+    " its checks].",
 )
 atol_option = click.option(
     "--atol",
@@ -69,7 +80,7 @@ int8_option = click.option(
     "--max-int8-auc-loss",
     default=export.DEFAULT_MAX_INT8_AUC_LOSS,
     show_default=True,
-    help="Largest tolerated test-window ROC-AUC loss of the int8-static variant.",
+    help="Largest tolerated test-window ROC-AUC loss of the int8, bf16 and fp16 variants.",
 )
 
 
@@ -78,8 +89,9 @@ def tuning_options(command):
     defaults = repository.Tuning()
     helps = {
         "encoder_instances": "Encoder model instances.",
-        "encoder_threads": "ONNX Runtime threads per encoder instance (0: all cores).",
-        "encoder_rows_per_run": "Records per ONNX Runtime run of the encoder (0: whole batch).",
+        "encoder_threads": "Engine threads per encoder instance (0: all cores).",
+        "encoder_streams": "OpenVINO encoders: slices run at once (OpenVINO streams).",
+        "encoder_rows_per_run": "Records per engine run of the encoder (0: whole batch).",
         "preprocess_instances": "Preprocess model instances.",
         "max_queue_delay_us": "Dynamic batching: longest wait for more requests, per model.",
         "max_queue_size": "Backpressure: requests one model may queue, more are refused (0: none).",
@@ -88,7 +100,7 @@ def tuning_options(command):
     for field, help_text in reversed(helps.items()):
         command = click.option(
             f"--{field.replace('_', '-')}",
-            type=click.IntRange(1 if field.endswith("instances") else 0),
+            type=click.IntRange(1 if field.endswith(("instances", "streams")) else 0),
             default=getattr(defaults, field),
             show_default=True,
             help=help_text,
@@ -147,18 +159,44 @@ def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) ->
 @options.model_dir()
 @options.onnx_dir(written=True)
 @options.csv()
+@click.option(
+    "--engine",
+    "engines",
+    type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+    multiple=True,
+    default=("onnxruntime", "openvino"),
+    show_default=True,
+    help="Engines to export for (repeat the option). onnxruntime and openvino: the CPU"
+    " variants; tensorrt: one plan, built and checked on this machine's GPU (needs TensorRT).",
+)
+@click.option("--fp16", is_flag=True, help="tensorrt: build the plan in FP16.")
+@click.option("--int8", is_flag=True, help="tensorrt: build the plan in int8 (and FP16).")
 @atol_option
 @int8_option
 def export_command(
-    model_dir: Path, onnx_dir: Path, csv: Path, atol: float, max_int8_auc_loss: float
+    model_dir: Path,
+    onnx_dir: Path,
+    csv: Path,
+    engines: tuple[str, ...],
+    fp16: bool,
+    int8: bool,
+    atol: float,
+    max_int8_auc_loss: float,
 ) -> None:
-    """Export to ONNX (fp32, ort-optimized, int8-static, int8-dynamic); fail if fp32 or
-    int8-static fails its check."""
+    """Export the encoder for each engine: ONNX Runtime (fp32, ort-optimized, int8-static,
+    int8-dynamic), OpenVINO (fp32, bf16, int8), TensorRT (a plan); check each on the test
+    window; fail if fp32 or int8-static fails its check."""
+    if (fp16 or int8) and "tensorrt" not in engines:
+        raise click.UsageError("--fp16 and --int8 apply to --engine tensorrt")
+    gates = {"atol": atol, "max_int8_auc_loss": max_int8_auc_loss}
     try:
-        steps.export_step(
-            model_dir, onnx_dir, csv, _echo, atol=atol, max_int8_auc_loss=max_int8_auc_loss
-        )
-    except export.ParityError as e:
+        cpu = [export.Engine(e) for e in engines if e != "tensorrt"]
+        if cpu:
+            steps.export_step(model_dir, onnx_dir, csv, _echo, engines=cpu, **gates)
+        if "tensorrt" in engines:
+            precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+            steps.tensorrt_step(model_dir, onnx_dir, csv, _echo, precision=precision, **gates)
+    except (tensorrt.EngineUnavailable, export.ParityError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -167,6 +205,7 @@ def export_command(
 @options.onnx_dir()
 @options.repository(written=True)
 @target_option
+@device_option
 @variant_option
 @tuning_options
 def repository_command(
@@ -174,6 +213,7 @@ def repository_command(
     onnx_dir: Path,
     repository_dir: Path,
     target: str,
+    device: str,
     variant: str | None,
     **tuning: int,
 ) -> None:
@@ -187,8 +227,9 @@ def repository_command(
             _echo,
             variant,
             repository.Tuning(**tuning),
+            device,
         )
-    except export.ParityError as e:
+    except (export.ParityError, ValueError) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -293,6 +334,7 @@ def snapshot_command(as_of: str, csv: Path, out: Path | None, repository_dir: Pa
 @options.onnx_dir(written=True)
 @options.repository(written=True)
 @target_option
+@device_option
 @atol_option
 @int8_option
 @reports_option
@@ -304,6 +346,7 @@ def model_command(
     onnx_dir: Path,
     repository_dir: Path,
     target: str,
+    device: str,
     atol: float,
     max_int8_auc_loss: float,
     reports: Path | None,
@@ -317,9 +360,12 @@ def model_command(
         )
     except export.ParityError as e:
         raise click.ClickException(str(e)) from e
-    served = steps.repository_step(
-        model_dir, onnx_dir, repository_dir, repository.Target(target), _echo
-    )
+    try:
+        served = steps.repository_step(
+            model_dir, onnx_dir, repository_dir, repository.Target(target), _echo, device=device
+        )
+    except (export.ParityError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
     steps.report_step(
         model_dir,
         onnx_dir,

@@ -2,7 +2,7 @@
 
 train       -> <model_dir>/ (model, snapshot), metrics.json, evaluation.npz (features, labels,
                test-window scores of the model and of each ablation row)
-export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx, variants.json
+export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx|.xml, variants.json
 repository  -> model_repository/ serving the fastest variant that passed
 report      -> reports/<profile>/model_card.md, card.json, reliability.png
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from ubm_build import data, export
 from ubm_build.data.point_in_time import EventLog
+from ubm_build.export import openvino, tensorrt
 from ubm_build.inputs import drift
 from ubm_build.inputs.snapshot import FILE as SNAPSHOT_FILE
 from ubm_build.model import ablation, baselines, card, quality, train
@@ -62,10 +63,13 @@ def export_step(
     *,
     atol: float = export.DEFAULT_ATOL,
     max_int8_auc_loss: float = export.DEFAULT_MAX_INT8_AUC_LOSS,
+    engines: Collection[export.Engine] = (export.Engine.ONNXRUNTIME, export.Engine.OPENVINO),
 ) -> list[export.VariantReport]:
-    """Export, derive every encoder variant and check each on the whole test window.
+    """Export, derive every CPU encoder variant of `engines` and check each on the whole test
+    window.
 
-    int8-static is calibrated on `export.CALIBRATION_RECORDS` random train-window records.
+    The int8 variants are calibrated on `export.CALIBRATION_RECORDS` random train-window
+    records. openvino-bf16 is left out where the CPU has no bf16 instructions.
     """
     model = BehaviourModel.load(model_dir)
     reader = load_reader(model_dir)
@@ -75,15 +79,15 @@ def export_step(
     test = examples["test"]
     events, labels = train.events_of(test), train.labels_of(test)
     reference = np.load(model_dir / EVALUATION)["test_probabilities"]
-    picked = random.Random(0).sample(
-        examples["train"], min(export.CALIBRATION_RECORDS, len(examples["train"]))
-    )
-    calibration = export.TokenCalibration(reader, train.events_of(picked))
+    calibration = _calibration(examples, reader)
     reports = []
-    for variant in export.Variant:
-        encoder = export.derive_variant(
-            variant, fp32, model, onnx_dir / f"encoder-{variant.value}.onnx", calibration
-        )
+    for variant in (v for v in export.CPU_VARIANTS if v.engine in engines):
+        if variant is export.Variant.OPENVINO_BF16 and not openvino.bf16_supported():
+            log(f"{variant.value:>13}: skipped, this CPU has no bf16 instructions")
+            continue
+        encoder = onnx_dir / variant.file_name
+        if not encoder.is_file() or variant is not export.Variant.OPENVINO_BF16:
+            export.derive_variant(variant, fp32, model, encoder, calibration)
         report = export.check_variant(
             variant,
             encoder,
@@ -95,18 +99,93 @@ def export_step(
             atol=atol,
             max_int8_auc_loss=max_int8_auc_loss,
         )
-        log(
-            f"{variant.value:>13}: max |p - PyTorch| {report.probability_max_abs_diff:.2e},"
-            f" ROC-AUC {report.roc_auc:.4f} ({report.roc_auc_delta:+.4f}),"
-            f" {report.records_per_s:.0f} records/s in-process,"
-            f" alone vs in a batch {report.batch_max_abs_diff:.1e} (<= {report.batch_bound:g}),"
-            f" {'passed' if report.passed else 'FAILED'}"
-            + ("" if variant.servable else " (comparison only, never served)")
-        )
+        _log_report(variant, report, log)
         reports.append(report)
     export.write_reports(reports, onnx_dir)
     export.require_passing(reports, atol, max_int8_auc_loss)
     return reports
+
+
+PYTORCH_GPU = "pytorch-fp16"
+"""What ``--device cuda`` serves on the python target: the trained BERT in PyTorch, fp16."""
+
+
+def tensorrt_step(
+    model_dir: Path,
+    onnx_dir: Path,
+    csv: Path,
+    log: Log,
+    *,
+    precision: str = "fp32",
+    atol: float = export.DEFAULT_ATOL,
+    max_int8_auc_loss: float = export.DEFAULT_MAX_INT8_AUC_LOSS,
+) -> export.VariantReport:
+    """Build the TensorRT plan of `precision` ("fp32", "fp16" or "int8") from the exported fp32
+    graph, check it on the GPU like the CPU variants and add its report to the export's.
+
+    int8 is built from a QDQ graph calibrated on the same train-window records as the CPU
+    int8 variants (TensorRT's explicit quantisation).
+
+    Raises:
+        EngineUnavailable: no TensorRT or no CUDA GPU here (checked first).
+        FileNotFoundError: `onnx_dir` has no fp32 encoder (run ``ubm-build export`` first).
+    """
+    reason = tensorrt.unavailable_reason()
+    if reason is not None:
+        raise tensorrt.EngineUnavailable(reason)
+    fp32 = onnx_dir / "encoder.onnx"
+    if not fp32.is_file():
+        raise FileNotFoundError(f"{fp32} is missing: run `ubm-build export` first")
+    variant = export.Variant(f"tensorrt-{precision}")
+    model = BehaviourModel.load(model_dir)
+    reader = load_reader(model_dir)
+    examples = data.examples_by_window(csv)
+    graph = fp32
+    if precision == "int8":
+        graph = export.quantize_int8_static(
+            fp32,
+            onnx_dir / "encoder-tensorrt-qdq.onnx",
+            _calibration(examples, reader),
+            for_tensorrt=True,
+        )
+    settings = tensorrt.PlanSettings(
+        max_length=model.spec.max_length, fp16=precision != "fp32", int8=precision == "int8"
+    )
+    plan = tensorrt.build_plan(graph, onnx_dir / variant.file_name, settings)
+    test = examples["test"]
+    report = export.check_variant(
+        variant,
+        plan,
+        onnx_dir / "head.onnx",
+        reader,
+        train.events_of(test),
+        train.labels_of(test),
+        np.load(model_dir / EVALUATION)["test_probabilities"],
+        atol=atol,
+        max_int8_auc_loss=max_int8_auc_loss,
+    )
+    _log_report(variant, report, log)
+    export.write_reports([report], onnx_dir, keep_others=True)
+    return report
+
+
+def _calibration(examples: dict, reader) -> export.TokenCalibration:
+    """`export.CALIBRATION_RECORDS` random train-window records (seed 0)."""
+    picked = random.Random(0).sample(
+        examples["train"], min(export.CALIBRATION_RECORDS, len(examples["train"]))
+    )
+    return export.TokenCalibration(reader, train.events_of(picked))
+
+
+def _log_report(variant: export.Variant, report: export.VariantReport, log: Log) -> None:
+    log(
+        f"{variant.value:>13}: max |p - PyTorch| {report.probability_max_abs_diff:.2e},"
+        f" ROC-AUC {report.roc_auc:.4f} ({report.roc_auc_delta:+.4f}),"
+        f" {report.records_per_s:.0f} records/s in-process,"
+        f" alone vs in a batch {report.batch_max_abs_diff:.1e} (<= {report.batch_bound:g}),"
+        f" {'passed' if report.passed else 'FAILED'}"
+        + ("" if variant.servable else " (comparison only, never served)")
+    )
 
 
 def repository_step(
@@ -117,22 +196,23 @@ def repository_step(
     log: Log,
     variant: str | None = None,
     tuning: repository.Tuning | None = None,
+    device: str = "cpu",
 ) -> str:
-    """Write the repository with `variant`, by default the fastest one that passed.
+    """Write the repository with `variant`, by default the fastest one that passed on one of
+    the target's engines; returns what the encoder serves.
 
-    A variant whose scores depend on their batch beyond its bound is never written.
+    The python target on ``cuda`` serves the trained BERT in PyTorch (fp16), which
+    ``scripts/gpu_check.sh`` checks on a GPU; ``onnxruntime`` on ``cuda`` serves the fp32 graph,
+    which ONNX Runtime hands to TensorRT. A variant whose scores depend on their batch is never
+    written.
     """
-    reports = export.read_reports(onnx_dir)
-    chosen = (
-        export.fastest_passing(reports)
-        if variant is None
-        else next(r for r in reports if r.variant == variant)
-    )
-    if not chosen.batch_invariant:
-        raise export.ParityError(
-            f"{chosen.variant} encoder is not served: a record's score depends on its batch"
-            f" (alone vs in a batch: {chosen.batch_max_abs_diff}, at most {chosen.batch_bound})"
-        )
+    fp32 = onnx_dir / export.Variant.FP32.file_name
+    if target is repository.Target.PYTHON and device == "cuda":
+        served, engine, precision, encoder = PYTORCH_GPU, export.Engine.PYTORCH, "fp16", None
+    else:
+        chosen = _chosen_variant(onnx_dir, target, variant, device)
+        served, encoder = chosen.variant, Path(chosen.path)
+        engine, precision = export.Variant(served).engine, export.Variant(served).precision
     model = BehaviourModel.load(model_dir)
     reader = load_reader(model_dir)
     summary = json.loads((model_dir / "metrics.json").read_text())
@@ -152,6 +232,9 @@ def repository_step(
         n_features=len(model.spec.feature_names),
         snapshot_words=model.spec.snapshot_words,
         target=target,
+        engine=engine,
+        precision=precision,
+        device="cuda" if target is repository.Target.TENSORRT else device,
         tuning=tuning or repository.Tuning(),
     )
     repository.write_repository(
@@ -159,18 +242,53 @@ def repository_step(
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
         snapshot_file=model_dir / SNAPSHOT_FILE,
-        encoder_onnx=Path(chosen.path),
+        encoder=encoder or model_dir / "encoder",
         head_onnx=onnx_dir / "head.onnx",
-        metadata=build_metadata(summary, chosen.variant),
+        metadata=build_metadata(summary, served),
         canary_records=[{"id": ex.id, "events": ex.to_record()["events"]} for ex in canary],
+        canary_encoder=fp32,
         drift_reference=reference,
     )
     log(
-        f"model repository ({target.value}, encoder {chosen.variant}) written to {out},"
-        f" version {versions.pinned_version(out)}"
+        f"model repository ({target.value} on {spec.device}, encoder {served}) written to"
+        f" {out}, version {versions.pinned_version(out)}"
     )
     log(f"serving {spec.tuning}")
-    return chosen.variant
+    return served
+
+
+def _chosen_variant(
+    onnx_dir: Path, target: repository.Target, variant: str | None, device: str
+) -> export.VariantReport:
+    """The exported variant a repository for `target` serves: `variant`, or the fastest that
+    passed on one of its engines (``onnxruntime`` on ``cuda``: fp32, which TensorRT reads).
+
+    Raises:
+        ParityError: none passed, or `variant` was not exported, runs on another engine, or
+            depends on its batch.
+    """
+    reports = export.read_reports(onnx_dir)
+    if variant is None and target is repository.Target.ONNXRUNTIME and device == "cuda":
+        variant = export.Variant.FP32.value
+    if variant is None:
+        chosen = export.fastest_passing(reports, target.engines)
+    else:
+        chosen = next((r for r in reports if r.variant == variant), None)
+        if chosen is None:
+            hint = (
+                " (`ubm-build export --engine tensorrt` on a GPU machine)"
+                if (export.Variant(variant).engine.on_gpu)
+                else ""
+            )
+            raise export.ParityError(f"{variant} was not exported to {onnx_dir}{hint}")
+        if export.Variant(variant).engine not in target.engines:
+            raise export.ParityError(f"the {target.value} target cannot serve {variant}")
+    if not chosen.batch_invariant:
+        raise export.ParityError(
+            f"{chosen.variant} encoder is not served: a record's score depends on its batch"
+            f" (alone vs in a batch: {chosen.batch_max_abs_diff}, at most {chosen.batch_bound})"
+        )
+    return chosen
 
 
 def build_metadata(summary: dict, variant: str) -> dict[str, str]:

@@ -35,9 +35,16 @@ PARAM_SNAPSHOT_WORDS = "snapshot_words"
 PARAM_VOCAB_SIZE = "vocab_size"
 """encoder: token ids must lie in [0, vocab_size)."""
 PARAM_ROWS_PER_RUN = "rows_per_run"
-"""encoder and head: records per ONNX Runtime run (0: the whole batch at once)."""
+"""encoder and head: records per engine run (0: the whole batch at once)."""
 PARAM_INTRA_OP_THREADS = "intra_op_threads"
-"""encoder and head: ONNX Runtime's intra-op threads (0: every core)."""
+"""encoder and head: the engine's threads per run (0: every core)."""
+PARAM_PRECISION = "precision"
+"""encoder: the inference precision ("f32" or "bf16" on OpenVINO, "fp32" or "fp16" on
+PyTorch)."""
+PARAM_STREAMS = "streams"
+"""encoder on OpenVINO: slices of a batch run at once (OpenVINO's streams)."""
+PARAM_DEVICE = "device"
+"""encoder on PyTorch: "cuda" (an NVIDIA GPU, the instance's) or "cpu"."""
 
 WARMUP_RECORD_ID = "ubm-warmup"
 """The id of the record Triton sends through ``preprocess`` as it loads (``model_warmup``);

@@ -68,7 +68,7 @@ def small_queue_repository(tiny_model, tiny_onnx, tmp_path_factory) -> Path:
         spec,
         tokenizer_json=model_dir / "tokenizer.json",
         snapshot_file=model_dir / snapshot.FILE,
-        encoder_onnx=encoder_onnx,
+        encoder=encoder_onnx,
         head_onnx=head_onnx,
     )
 

@@ -12,7 +12,7 @@ import pytest
 
 from ubm import contract
 from ubm_build import export
-from ubm_build.export import int8
+from ubm_build.export import int8, openvino
 from ubm_build.model.train import events_of, labels_of, predict
 
 CALIBRATION_RECORDS = 32
@@ -35,9 +35,9 @@ def encoders(tiny_model, tiny_onnx, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("variants")
     return {
         variant: export.derive_variant(
-            variant, encoder_fp32, model, out / f"encoder-{variant.value}.onnx", calibration
+            variant, encoder_fp32, model, out / variant.file_name, calibration
         )
-        for variant in export.Variant
+        for variant in export.CPU_VARIANTS
     }
 
 
@@ -63,7 +63,10 @@ def reports(tiny_model, tiny_onnx, encoders, tiny_reader, examples):
     }
 
 
-@pytest.mark.parametrize("variant", [export.Variant.FP32, export.Variant.ORT_OPTIMIZED])
+FP32_VARIANTS = [export.Variant.FP32, export.Variant.ORT_OPTIMIZED, export.Variant.OPENVINO_FP32]
+
+
+@pytest.mark.parametrize("variant", FP32_VARIANTS)
 def test_fp32_variants_match_pytorch(reports, variant):
     report = reports[variant]
     assert report.passed
@@ -71,7 +74,7 @@ def test_fp32_variants_match_pytorch(reports, variant):
     assert report.roc_auc_delta == pytest.approx(0.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("variant", [export.Variant.FP32, export.Variant.ORT_OPTIMIZED])
+@pytest.mark.parametrize("variant", FP32_VARIANTS)
 def test_fp32_variants_score_a_record_the_same_in_any_batch(reports, variant):
     report = reports[variant]
     assert report.batch_bound == export.FP32_BATCH_BOUND == 1e-6
@@ -79,12 +82,30 @@ def test_fp32_variants_score_a_record_the_same_in_any_batch(reports, variant):
     assert report.batch_invariant
 
 
-def test_static_int8_scores_a_record_the_same_in_any_batch(reports):
-    report = reports[export.Variant.INT8_STATIC]
+@pytest.mark.parametrize("variant", [export.Variant.INT8_STATIC, export.Variant.OPENVINO_INT8])
+def test_static_int8_scores_a_record_the_same_in_any_batch(reports, variant):
+    report = reports[variant]
     assert report.probability_max_abs_diff > 0  # it is quantised
     assert report.batch_bound == export.INT8_BATCH_BOUND
     assert report.batch_max_abs_diff <= export.INT8_BATCH_BOUND
     assert report.passed == (report.roc_auc_delta >= -export.DEFAULT_MAX_INT8_AUC_LOSS)
+
+
+def test_openvino_int8_quantises_the_matmuls_with_fixed_scales(encoders):
+    import openvino as ov
+
+    model = ov.Core().read_model(encoders[export.Variant.OPENVINO_INT8])
+    fake_quantize = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    assert len(fake_quantize) >= len(matmuls) > 0  # activations and weights, scales constant
+
+
+@pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bf16 instructions")
+def test_bf16_is_judged_by_its_roc_auc_loss(reports):
+    report = reports[export.Variant.OPENVINO_BF16]
+    assert report.probability_max_abs_diff > export.DEFAULT_ATOL / 100  # it computes in bf16
+    accurate = report.roc_auc_delta >= -export.DEFAULT_MAX_INT8_AUC_LOSS
+    assert report.passed == (accurate and report.batch_invariant)
 
 
 def test_dynamic_int8_depends_on_its_batch_and_is_never_served(reports):

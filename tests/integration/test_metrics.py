@@ -34,7 +34,7 @@ from ubm.scores import Score
 from ubm_build.inputs import drift
 from ubm_build.inputs.model_inputs import RecordReader
 from ubm_build.serving import repository, server, triton_metrics
-from ubm_build.serving.triton_models import onnx_model
+from ubm_build.serving.triton_models import engine_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -305,7 +305,7 @@ def test_drift_gauges_compare_served_with_the_reference(traffic, reference):
 def test_each_returned_probability_is_in_the_histogram(traffic):
     """Bucket counts, sum and count grew by exactly the probabilities the client got."""
     probabilities = [score.purchase_probability for score in traffic.scores]
-    bounds = [*onnx_model.PROBABILITY_BUCKETS, float("inf")]
+    bounds = [*engine_model.PROBABILITY_BUCKETS, float("inf")]
 
     def grown(name: str, **labels: str) -> float:
         after = traffic.value(name, contract.HEAD, **labels)
@@ -347,7 +347,7 @@ def test_labels_never_carry_record_contents(traffic):
         "type": set(drift.EVENT_TYPES),
         "kind": {"item", "category"},
         "reason": {*ERROR_FIELDS, "unprocessable", "non_finite_features", "other"},
-        "le": {str(b) for b in onnx_model.PROBABILITY_BUCKETS} | {"+Inf"},
+        "le": {str(b) for b in engine_model.PROBABILITY_BUCKETS} | {"+Inf"},
     }
     for name, labels in traffic.after:
         if name.startswith("ubm_"):

@@ -38,10 +38,17 @@ def report(variant: export.Variant, **changes: object) -> export.VariantReport:
     return export.VariantReport(**{**fields, **changes})
 
 
-def every_variant(changes: dict[str, dict] | None = None) -> list[export.VariantReport]:
-    """A passing report of each variant; `changes` maps a variant's value to its changes."""
+def every_variant(
+    changes: dict[str, dict] | None = None, engines=(export.Engine.ONNXRUNTIME,)
+) -> list[export.VariantReport]:
+    """A passing report of each variant on `engines`; `changes` maps a variant's value to its
+    changes."""
     changes = changes or {}
-    return [report(variant, **changes.get(variant.value, {})) for variant in export.Variant]
+    return [
+        report(variant, **changes.get(variant.value, {}))
+        for variant in export.Variant
+        if variant.engine in engines
+    ]
 
 
 def sessions(*lengths: int) -> list[list[Event]]:
@@ -99,6 +106,72 @@ def test_the_fastest_passing_variant_is_served():
     assert export.fastest_passing(candidates).variant == export.Variant.ORT_OPTIMIZED.value
 
 
+def test_the_fastest_variant_on_the_targets_engines_is_served():
+    rates = {"int8-static": 120, "openvino-int8": 180, "tensorrt-fp16": 9000}
+    candidates = every_variant(
+        {name: {"records_per_s": rate} for name, rate in rates.items()}, tuple(export.Engine)
+    )
+    assert export.fastest_passing(candidates).variant == "openvino-int8"  # the python target's
+    onnxruntime = repository.Target.ONNXRUNTIME.engines
+    assert export.fastest_passing(candidates, onnxruntime).variant == "int8-static"
+    tensorrt = repository.Target.TENSORRT.engines
+    assert export.fastest_passing(candidates, tensorrt).variant == "tensorrt-fp16"
+
+
+def test_variant_files_engines_and_gates():
+    assert export.Variant.OPENVINO_BF16.file_name == export.Variant.OPENVINO_FP32.file_name
+    assert export.Variant.OPENVINO_BF16.precision == "bf16"
+    assert export.Variant.OPENVINO_INT8.file_name == "encoder-openvino-int8.xml"
+    assert export.Variant.TENSORRT_FP16.file_name == "encoder-tensorrt-fp16.plan"
+    lossy = {v.value for v in export.Variant if v.lossy}
+    assert lossy == {
+        "int8-static",
+        "int8-dynamic",
+        "openvino-bf16",
+        "openvino-int8",
+        "tensorrt-fp16",
+        "tensorrt-int8",
+    }
+    assert {v for v in export.CPU_VARIANTS if v.engine is export.Engine.TENSORRT} == set()
+
+
+def test_a_tensorrt_export_adds_to_the_cpu_exports_reports(tmp_path):
+    export.write_reports(every_variant(), tmp_path)
+    plan = report(export.Variant.TENSORRT_FP16, records_per_s=9000.0)
+    export.write_reports([plan], tmp_path, keep_others=True)
+    names = [r.variant for r in export.read_reports(tmp_path)]
+    assert names == [*(r.variant for r in every_variant()), "tensorrt-fp16"]
+    export.write_reports(every_variant(), tmp_path)  # a new CPU export drops the stale plan
+    assert "tensorrt-fp16" not in {r.variant for r in export.read_reports(tmp_path)}
+
+
+def test_the_repository_step_refuses_a_variant_of_another_engine(tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    export.write_reports(every_variant(engines=tuple(export.Engine)), onnx_dir)
+    with pytest.raises(export.ParityError, match="openvino target cannot serve int8-static"):
+        steps.repository_step(
+            tmp_path / "model",
+            onnx_dir,
+            tmp_path / "repository",
+            repository.Target.OPENVINO,
+            lambda _: None,
+            variant="int8-static",
+        )
+    (onnx_dir / export.REPORTS_FILE).unlink()
+    export.write_reports(every_variant(), onnx_dir)
+    with pytest.raises(export.ParityError, match=r"not exported.*--engine tensorrt"):
+        steps.repository_step(
+            tmp_path / "model",
+            onnx_dir,
+            tmp_path / "repository",
+            repository.Target.TENSORRT,
+            lambda _: None,
+            variant="tensorrt-fp16",
+        )
+    assert not (tmp_path / "repository").exists()
+
+
 def test_neither_a_batch_dependent_variant_nor_int8_dynamic_is_served():
     candidates = every_variant(
         {
@@ -131,7 +204,7 @@ def test_the_repository_step_refuses_a_batch_dependent_variant(tmp_path):
             tmp_path / "model",  # refused before the model is read
             onnx_dir,
             tmp_path / "repository",
-            repository.Target.CPU_PYTHON,
+            repository.Target.PYTHON,
             lambda _: None,
             variant=export.Variant.INT8_DYNAMIC.value,
         )

@@ -10,10 +10,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ubm import contract
+from ubm_build.export import Engine
 from ubm_build.inputs import behaviour_text, features, model_inputs, snapshot
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, versions
-from ubm_build.serving.triton_models.onnx_model import run_in_slices
+from ubm_build.serving.triton_models.engine_model import run_in_slices
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 VOCAB_SIZE = 30522
@@ -44,7 +45,7 @@ def write(
         spec,
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
         snapshot_file=snapshot_file,
-        encoder_onnx=tmp_path / f"{contract.ENCODER}.onnx",
+        encoder=tmp_path / f"{contract.ENCODER}.onnx",
         head_onnx=tmp_path / f"{contract.HEAD}.onnx",
     )
 
@@ -64,6 +65,136 @@ def test_onnxruntime_target_uses_the_native_backend():
     encoder = versions.to_pbtxt(repository.model_configs(spec)[contract.ENCODER])
     assert 'platform: "onnxruntime_onnx"' in encoder
     assert "backend" not in encoder
+
+
+def spec_for(target, **fields) -> repository.RepositorySpec:
+    return repository.RepositorySpec(
+        max_length=64,
+        hidden_size=384,
+        n_features=29,
+        vocab_size=VOCAB_SIZE,
+        target=target,
+        **fields,
+    )
+
+
+def configs_of(spec: repository.RepositorySpec) -> dict[str, model_config_pb2.ModelConfig]:
+    return {
+        name: text_format.Parse(versions.to_pbtxt(config), model_config_pb2.ModelConfig())
+        for name, config in repository.model_configs(spec).items()
+    }
+
+
+def test_native_targets_take_same_shaped_token_batches_and_the_native_onnx_head():
+    for target, engine in [
+        (repository.Target.ONNXRUNTIME, Engine.ONNXRUNTIME),
+        (repository.Target.OPENVINO, Engine.OPENVINO),
+        (repository.Target.TENSORRT, Engine.TENSORRT),
+    ]:
+        device = "cuda" if target is repository.Target.TENSORRT else "cpu"
+        configs = configs_of(spec_for(target, engine=engine, device=device))
+        assert not any(i.allow_ragged_batch for i in configs[contract.ENCODER].input), target
+        head = configs[contract.HEAD]
+        assert head.platform == "onnxruntime_onnx" and not head.backend
+        assert head.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    python = configs_of(spec_for(repository.Target.PYTHON))[contract.ENCODER]
+    assert all(i.allow_ragged_batch for i in python.input)
+
+
+def test_the_openvino_target_uses_the_native_backend_in_the_variants_precision():
+    for precision, bf16 in [("f32", False), ("bf16", True)]:
+        spec = spec_for(repository.Target.OPENVINO, engine=Engine.OPENVINO, precision=precision)
+        encoder = configs_of(spec)[contract.ENCODER]
+        assert encoder.backend == "openvino" and not encoder.platform
+        parameters = {k: v.string_value for k, v in encoder.parameters.items()}
+        assert parameters["PERFORMANCE_HINT"] == "LATENCY" and parameters["NUM_STREAMS"] == "1"
+        assert ("HINT_BF16" in parameters) == bf16
+    tuned = spec_for(
+        repository.Target.OPENVINO,
+        engine=Engine.OPENVINO,
+        tuning=repository.Tuning(encoder_threads=2),
+    )
+    assert (
+        configs_of(tuned)[contract.ENCODER].parameters["INFERENCE_NUM_THREADS"].string_value == "2"
+    )
+
+
+def test_the_tensorrt_target_serves_a_plan_on_the_gpu():
+    spec = spec_for(repository.Target.TENSORRT, engine=Engine.TENSORRT, device="cuda")
+    encoder = configs_of(spec)[contract.ENCODER]
+    assert encoder.platform == "tensorrt_plan"
+    assert encoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert [list(i.dims) for i in encoder.input] == [[-1], [-1]]
+
+
+def test_onnxruntime_on_cuda_hands_the_graph_to_tensorrt_in_fp16():
+    spec = spec_for(repository.Target.ONNXRUNTIME, device="cuda")
+    encoder = configs_of(spec)[contract.ENCODER]
+    assert encoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    (accelerator,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert accelerator.parameters["precision_mode"] == "FP16"
+    cpu = configs_of(spec_for(repository.Target.ONNXRUNTIME))[contract.ENCODER]
+    assert not cpu.HasField("optimization")
+
+
+def test_the_python_target_runs_the_encoder_on_cuda_with_pytorch_in_fp16():
+    spec = spec_for(
+        repository.Target.PYTHON, engine=Engine.PYTORCH, precision="fp16", device="cuda"
+    )
+    encoder = configs_of(spec)[contract.ENCODER]
+    assert encoder.backend == "python"
+    assert encoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    parameters = {k: v.string_value for k, v in encoder.parameters.items()}
+    assert parameters[contract.PARAM_DEVICE] == "cuda"
+    assert parameters[contract.PARAM_PRECISION] == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("target", "fields", "message"),
+    [
+        (repository.Target.OPENVINO, {"engine": Engine.OPENVINO, "device": "cuda"}, "runs on cpu"),
+        (repository.Target.PYTHON, {"device": "cuda"}, "cuda with PyTorch only"),
+        (repository.Target.TENSORRT, {"engine": Engine.TENSORRT}, "runs on cuda"),
+        (repository.Target.OPENVINO, {}, "serves openvino encoders, not onnxruntime"),
+    ],
+)
+def test_an_engine_or_device_the_target_cannot_serve_is_refused(target, fields, message):
+    with pytest.raises(ValueError, match=message):
+        spec_for(target, **fields)
+
+
+def test_the_encoders_engine_decides_its_python_model_and_files(tmp_path, snapshot_file):
+    """An OpenVINO encoder: openvino_model.py as model.py, model.xml with its .bin beside it."""
+    ir = tmp_path / "encoder.xml"
+    ir.write_bytes(b"xml placeholder")
+    ir.with_suffix(".bin").write_bytes(b"weights placeholder")
+    (tmp_path / "head.onnx").write_bytes(GRAPHS[contract.HEAD])
+    spec = repository.RepositorySpec(
+        max_length=64,
+        hidden_size=32,
+        n_features=len(model_inputs.FEATURE_NAMES),
+        engine=Engine.OPENVINO,
+        precision="bf16",
+    )
+    out = repository.write_repository(
+        tmp_path / "repository",
+        spec,
+        tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
+        snapshot_file=snapshot_file,
+        encoder=ir,
+        head_onnx=tmp_path / "head.onnx",
+    )
+    encoder = out / contract.ENCODER / "1"
+    served = repository.TRITON_MODELS
+    assert (encoder / "model.py").read_text() == (served / "openvino_model.py").read_text()
+    assert (encoder / "model.xml").read_bytes() == b"xml placeholder"
+    assert (encoder / "model.bin").read_bytes() == b"weights placeholder"
+    assert {p.name for p in encoder.iterdir()} >= {"engine_model.py", "responses.py", "contract.py"}
+    head = out / contract.HEAD / "1"
+    assert (head / "model.py").read_text() == (served / "onnx_model.py").read_text()
+    config = versions.read_config(out / contract.ENCODER / "config.pbtxt")
+    assert config.parameters[contract.PARAM_PRECISION].string_value == "bf16"
 
 
 def test_repository_serves_the_training_code(tmp_path, snapshot_file):

@@ -128,7 +128,7 @@ def test_repository_adds_a_pinned_version_serving_the_new_snapshot(csv, tmp_path
         spec,
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
         snapshot_file=snapshot_file,
-        encoder_onnx=placeholder,
+        encoder=placeholder,
         head_onnx=placeholder,
     )
     result = run("snapshot", "--as-of", "2017-12-02", "--csv", csv, "--repository", out)

@@ -58,7 +58,7 @@ def preprocess(tmp_path_factory, snapshot_file) -> Any:
         spec,
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
         snapshot_file=snapshot_file,
-        encoder_onnx=placeholder,
+        encoder=placeholder,
         head_onnx=placeholder,
     )
     return load_served(written, contract.PREPROCESS)

@@ -18,7 +18,7 @@ from ubm_build.bench import first_request
 from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
 from ubm_build.model.network import DEFAULT_BASE_MODEL
 from ubm_build.serving import repository, warmup
-from ubm_build.serving.triton_models.onnx_model import check_tokens
+from ubm_build.serving.triton_models.engine_model import check_tokens
 
 TOKENIZER_JSON = DEFAULT_BASE_MODEL / "tokenizer.json"
 VOCAB_SIZE = 30522
@@ -190,7 +190,7 @@ def test_the_benchmark_strips_every_warmup_from_a_copy(tmp_path, snapshot_file):
         SPEC,
         tokenizer_json=TOKENIZER_JSON,
         snapshot_file=snapshot_file,
-        encoder_onnx=placeholder,
+        encoder=placeholder,
         head_onnx=placeholder,
     )
     samples = len(warmup.batch_sizes(SPEC))

@@ -12,6 +12,7 @@ import torch
 
 from ubm import contract
 from ubm_build.model.network import BehaviourModel
+from ubm_build.serving.triton_models.onnx_model import onnx_session
 
 OPSET = 17
 
@@ -81,8 +82,6 @@ def export_head(model: BehaviourModel, path: Path) -> Path:
 
 
 def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session on `path` with every graph optimisation; 0 threads: all cores."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """An ONNX Runtime CPU session on `path` as the served models open it; 0 threads: all
+    cores."""
+    return onnx_session(path, threads)

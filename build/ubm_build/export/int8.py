@@ -42,6 +42,10 @@ class TokenCalibration(CalibrationDataReader):
             )
         self._next: Iterator[dict] = iter(self._feeds)
 
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """Every record's feeds, in order."""
+        return list(self._feeds)
+
     def get_next(self) -> dict | None:
         return next(self._next, None)
 
@@ -157,7 +161,12 @@ def without_preprocessing_advice() -> Iterator[None]:
 
 
 def quantize_int8_static(
-    fp32: Path, out: Path, calibration: TokenCalibration, *, fuse: bool = True
+    fp32: Path,
+    out: Path,
+    calibration: TokenCalibration,
+    *,
+    fuse: bool = True,
+    for_tensorrt: bool = False,
 ) -> Path:
     """Static int8 of the weight MatMuls (query, key, value, attention output, both FFN layers).
 
@@ -165,6 +174,9 @@ def quantize_int8_static(
     README compares it with the percentile and entropy methods). Weights: int8, one scale
     per output channel. Attention's activation-by-activation MatMuls, LayerNorm, GELU, softmax
     and the MatMul outputs stay fp32. `fuse` rewrites the graph with `_fuse_int8_matmuls`.
+
+    `for_tensorrt`: the QDQ graph TensorRT reads as explicit quantisation instead, which takes
+    signed int8 activations with symmetric scales (zero points 0) and no fused MatMuls.
     """
     calibration.rewind()
     with without_preprocessing_advice():
@@ -176,15 +188,16 @@ def quantize_int8_static(
             op_types_to_quantize=["MatMul"],  # and only their tensors are calibrated
             nodes_to_quantize=weight_matmuls(onnx.load(fp32)),
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
                 "DedicatedQDQPair": True,
                 "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                **({"ActivationSymmetric": True, "WeightSymmetric": True} if for_tensorrt else {}),
             },
         )
-    if fuse:
+    if fuse and not for_tensorrt:
         quantized = onnx.load(out)
         _fuse_int8_matmuls(quantized)
         onnx.save(quantized, out)

@@ -1,6 +1,6 @@
 """Export the encoder and head to ONNX, derive optimised variants, and check each against PyTorch.
 
-Encoder variants (the head, a few thousand weights, stays fp32 in all of them):
+Encoder variants (the head, a few thousand weights, stays fp32 ONNX in all of them):
 
 - ``fp32``: the plain ONNX export.
 - ``ort-optimized``: ONNX Runtime's transformer optimiser (fused LayerNorm, GELU, ...), fp32.
@@ -10,6 +10,12 @@ Encoder variants (the head, a few thousand weights, stays fp32 in all of them):
 - ``int8-dynamic``: ONNX Runtime's dynamic quantisation, exported for comparison only and never
   served. DynamicQuantizeLinear computes each activation's scale over the whole run tensor, all
   records and padding included, so a record's score depends on what else is in its run.
+- ``openvino-fp32``, ``openvino-bf16``: the fp32 graph as OpenVINO IR, computed in fp32 or
+  (where the CPU has bf16 instructions) bf16. Both run the same file.
+- ``openvino-int8``: NNCF's static int8 of the graph, calibrated on the same train-window
+  records as int8-static.
+- ``tensorrt-fp32``, ``tensorrt-fp16``, ``tensorrt-int8``: TensorRT plans for NVIDIA GPUs, built
+  by ``ubm-build export --engine tensorrt`` where TensorRT is installed (`tensorrt`).
 
 Every variant scores the whole test window; `VariantReport` holds its largest probability
 difference from PyTorch, its ROC-AUC change, its in-process speed and its batch dependence: the
@@ -22,19 +28,19 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.optimizer import optimize_model
 from sklearn.metrics import roc_auc_score
 
 from ubm import contract
 from ubm.records import Event
+from ubm_build.export.engines import Engine, open_encoder
 from ubm_build.export.graphs import ort_session
 from ubm_build.export.int8 import (
     TokenCalibration,
@@ -43,6 +49,7 @@ from ubm_build.export.int8 import (
 )
 from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
 from ubm_build.model.network import BehaviourModel
+from ubm_build.serving.triton_models.engine_model import Session
 
 DEFAULT_ATOL = 1e-4
 """Largest tolerated |probability - PyTorch's| for the fp32 variants."""
@@ -68,22 +75,55 @@ class Variant(enum.Enum):
     ORT_OPTIMIZED = "ort-optimized"
     INT8_STATIC = "int8-static"
     INT8_DYNAMIC = "int8-dynamic"
+    OPENVINO_FP32 = "openvino-fp32"
+    OPENVINO_BF16 = "openvino-bf16"
+    OPENVINO_INT8 = "openvino-int8"
+    TENSORRT_FP32 = "tensorrt-fp32"
+    TENSORRT_FP16 = "tensorrt-fp16"
+    TENSORRT_INT8 = "tensorrt-int8"
+
+    @property
+    def engine(self) -> Engine:
+        prefix = self.value.split("-")[0]
+        return Engine(prefix) if prefix in ("openvino", "tensorrt") else Engine.ONNXRUNTIME
 
     @property
     def is_int8(self) -> bool:
-        return self in (Variant.INT8_STATIC, Variant.INT8_DYNAMIC)
+        return self.value.endswith(("int8", "int8-static", "int8-dynamic"))
+
+    @property
+    def lossy(self) -> bool:
+        """Computes with fewer bits than fp32: judged by its ROC-AUC loss, not by parity."""
+        return self.is_int8 or self.value.endswith(("bf16", "fp16"))
+
+    @property
+    def precision(self) -> str:
+        """The precision OpenVINO computes this variant in ("f32" for every other engine)."""
+        return "bf16" if self is Variant.OPENVINO_BF16 else "f32"
+
+    @property
+    def file_name(self) -> str:
+        """Its encoder file in the export directory; openvino-bf16 runs openvino-fp32's."""
+        stem = Variant.OPENVINO_FP32.value if self is Variant.OPENVINO_BF16 else self.value
+        return f"encoder-{stem}{self.engine.suffix}"
 
     @property
     def batch_bound(self) -> float:
         """Largest tolerated batch dependence of this variant's probabilities."""
-        return INT8_BATCH_BOUND if self.is_int8 else FP32_BATCH_BOUND
+        return INT8_BATCH_BOUND if self.lossy else FP32_BATCH_BOUND
 
     @property
     def servable(self) -> bool:
         """Whether the build may serve it; int8-dynamic is only exported for comparison."""
         return self is not Variant.INT8_DYNAMIC
 
+    def open(self, path: Path, threads: int = 0) -> Session:
+        """`path`, this variant's file, opened in this process as it is served."""
+        return open_encoder(path, threads=threads, precision=self.precision)
 
+
+CPU_VARIANTS = tuple(v for v in Variant if not v.engine.on_gpu)
+"""What ``ubm-build export`` derives by default."""
 REQUIRED = (Variant.FP32, Variant.INT8_STATIC)
 """Variants whose failed check fails the build; the others are then just not served."""
 
@@ -101,10 +141,22 @@ def derive_variant(
 ) -> Path:
     """Write `variant` of the fp32 encoder graph to `out` (fp32 is copied as it is).
 
-    int8-static needs `calibration`: train-window records, never the test window it is judged on.
+    The int8 variants need `calibration`: train-window records, never the test window they are
+    judged on. TensorRT plans are built by `tensorrt.build_plan` instead.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    if variant is Variant.FP32:
+    if variant.engine is Engine.TENSORRT:
+        raise ValueError(f"{variant.value} is built by ubm_build.export.tensorrt.build_plan")
+    if variant.is_int8 and variant is not Variant.INT8_DYNAMIC and calibration is None:
+        raise ValueError(f"{variant.value} needs calibration records")
+    if variant.engine is Engine.OPENVINO:
+        from ubm_build.export import openvino  # OpenVINO and NNCF load only when used
+
+        if variant is Variant.OPENVINO_INT8:
+            openvino.quantize_int8(fp32, out, calibration)
+        else:
+            openvino.to_ir(fp32, out)
+    elif variant is Variant.FP32:
         onnx.save(onnx.load(fp32), out)
     elif variant is Variant.ORT_OPTIMIZED:
         config = model.encoder.bert.config
@@ -117,8 +169,6 @@ def derive_variant(
         )
         optimized.save_model_to_file(str(out))
     elif variant is Variant.INT8_STATIC:
-        if calibration is None:
-            raise ValueError("int8-static needs calibration records")
         quantize_int8_static(fp32, out, calibration)
     else:
         with without_preprocessing_advice():
@@ -135,9 +185,9 @@ class VariantReport:
     roc_auc_delta: float
     """This variant's test-window ROC-AUC minus PyTorch's."""
     records_per_s: float
-    """In-process ONNX Runtime, batches of `PARITY_BATCH_SIZE`, this machine's cores."""
+    """In process on its engine, batches of `PARITY_BATCH_SIZE`, this machine's cores."""
     passed: bool
-    """Both checks: parity (fp32) or ROC-AUC loss (int8), and batch dependence."""
+    """Both checks: parity (fp32) or ROC-AUC loss (int8, bf16, fp16), and batch dependence."""
     batch_max_abs_diff: float | None = None
     """Largest |p alone - p in a batch| over the checked records; None: not measured."""
     batch_bound: float | None = None
@@ -153,8 +203,8 @@ class VariantReport:
 
 
 def _probabilities(
-    encoder: ort.InferenceSession,
-    head: ort.InferenceSession,
+    encoder: Session,
+    head: Session,
     batch: ModelInputs,
     rows_per_run: int = 0,
 ) -> np.ndarray:
@@ -177,11 +227,15 @@ def _probabilities(
 
 
 def onnx_predict(
-    encoder: Path, head: Path, reader: RecordReader, events: Sequence[Sequence[Event]]
+    encoder: Path | Session,
+    head: Path,
+    reader: RecordReader,
+    events: Sequence[Sequence[Event]],
 ) -> tuple[np.ndarray, float]:
     """(probabilities, records per second) of an encoder + head pair on `events`, read with
-    `reader`."""
-    encoder_session, head_session = ort_session(encoder), ort_session(head)
+    `reader`. A path `encoder` is opened as its suffix says, in fp32."""
+    encoder_session = open_encoder(encoder) if isinstance(encoder, Path) else encoder
+    head_session = ort_session(head)
     order = np.argsort([len(e) for e in events])
     out = np.empty(len(events), dtype=np.float32)
     started = time.perf_counter()
@@ -211,7 +265,7 @@ BATCH_LAYOUTS = (
 
 
 def batch_dependence(
-    encoder: Path, head: Path, reader: RecordReader, events: Sequence[Sequence[Event]]
+    encoder: Session, head: Path, reader: RecordReader, events: Sequence[Sequence[Event]]
 ) -> float:
     """Largest |p alone - p in a batch| over the records of `events`.
 
@@ -219,7 +273,7 @@ def batch_dependence(
     shuffled into mixed batches of each `BATCH_LAYOUTS` layout, right-padded with zeros as the
     served encoder stacks requests.
     """
-    encoder_session, head_session = ort_session(encoder), ort_session(head)
+    encoder_session, head_session = encoder, ort_session(head)
     singles = [reader([record]) for record in events]
     alone = np.array([_probabilities(encoder_session, head_session, one)[0] for one in singles])
 
@@ -270,14 +324,15 @@ def check_variant(
 ) -> VariantReport:
     """Score `events` with the variant, compare it with PyTorch's probabilities, and measure
     its batch dependence on `batch_records` of them (a fixed random choice)."""
-    probabilities, rate = onnx_predict(encoder, head, reader, events)
+    session = variant.open(encoder)
+    probabilities, rate = onnx_predict(session, head, reader, events)
     diff = float(np.abs(probabilities - reference).max())
     auc = float(roc_auc_score(labels, probabilities))
     delta = auc - float(roc_auc_score(labels, reference))
     picked = np.random.default_rng(0).permutation(len(events))[:batch_records]
     checked = [events[i] for i in picked]
-    batch_diff = batch_dependence(encoder, head, reader, checked)
-    accurate = -delta <= max_int8_auc_loss if variant.is_int8 else diff <= atol
+    batch_diff = batch_dependence(session, head, reader, checked)
+    accurate = -delta <= max_int8_auc_loss if variant.lossy else diff <= atol
     passed = accurate and batch_diff <= variant.batch_bound
     return VariantReport(
         variant.value, str(encoder), diff, auc, delta, rate, passed, batch_diff, variant.batch_bound
@@ -307,10 +362,19 @@ REPORTS_FILE = "variants.json"
 """Where `ubm-build export` keeps the reports, in its ONNX directory."""
 
 
-def write_reports(reports: Sequence[VariantReport], onnx_dir: Path) -> Path:
-    """Write the variants' reports to ``<onnx_dir>/variants.json``."""
+def write_reports(
+    reports: Sequence[VariantReport], onnx_dir: Path, *, keep_others: bool = False
+) -> Path:
+    """Write the variants' reports to ``<onnx_dir>/variants.json``; `keep_others`: keep the
+    reports there of other variants (a TensorRT export adds to the CPU export's)."""
     path = onnx_dir / REPORTS_FILE
-    path.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    written = {r.variant for r in reports}
+    kept = []
+    if keep_others and path.is_file():
+        kept = [r for r in read_reports(onnx_dir) if r.variant not in written]
+    order = [v.value for v in Variant]
+    merged = sorted([*kept, *reports], key=lambda r: order.index(r.variant))
+    path.write_text(json.dumps([r.to_dict() for r in merged], indent=2))
     return path
 
 
@@ -323,13 +387,17 @@ def _figure(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.3g}"
 
 
-def fastest_passing(reports: list[VariantReport]) -> VariantReport:
-    """The fastest servable variant that passed both checks."""
-    servable = {v.value for v in Variant if v.servable}
+def fastest_passing(
+    reports: list[VariantReport],
+    engines: Collection[Engine] = (Engine.ONNXRUNTIME, Engine.OPENVINO),
+) -> VariantReport:
+    """The fastest servable variant on one of `engines` (default: the CPU engines of the
+    python target) that passed both checks."""
+    servable = {v.value for v in Variant if v.servable and v.engine in engines}
     candidates = [r for r in reports if r.passed and r.batch_invariant and r.variant in servable]
     if not candidates:
         raise ParityError(
-            "no exported encoder variant passed its checks with a batch-dependence figure;"
-            " run `ubm-build export` again"
+            f"no exported {'/'.join(e.value for e in engines)} encoder variant passed its"
+            " checks with a batch-dependence figure; run `ubm-build export` again"
         )
     return max(candidates, key=lambda r: r.records_per_s)

@@ -20,6 +20,7 @@ import ubm.records
 from ubm import contract
 from ubm.records import parse_record
 from ubm_build import export
+from ubm_build.export.engines import Engine
 from ubm_build.inputs import behaviour_text, drift, features, model_inputs, snapshot
 from ubm_build.inputs.model_inputs import RecordReader
 from ubm_build.inputs.snapshot import Snapshot
@@ -32,12 +33,37 @@ ENCODED = "encoded"
 
 
 class Target(enum.Enum):
-    """Where the encoder and head run."""
+    """The Triton server the repository is for, which decides the backends its models use."""
 
-    CPU_PYTHON = "cpu"
-    """ONNX Runtime inside python-backend models: runs on the pip-installed tritonserver."""
+    PYTHON = "python"
+    """Python-backend models, which run on the pip-installed tritonserver: the encoder on ONNX
+    Runtime or OpenVINO (CPU), or on PyTorch (``--device cuda``)."""
     ONNXRUNTIME = "onnxruntime"
-    """Triton's native onnxruntime backend (NGC containers)."""
+    """Triton's native onnxruntime backend (NVIDIA's containers), on the CPU or a GPU."""
+    OPENVINO = "openvino"
+    """Triton's native openvino backend for the encoder (NVIDIA's containers), CPU only."""
+    TENSORRT = "tensorrt"
+    """A TensorRT plan on an NVIDIA GPU (NVIDIA's containers)."""
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The engines whose encoder files it serves."""
+        return {
+            Target.PYTHON: (Engine.ONNXRUNTIME, Engine.OPENVINO, Engine.PYTORCH),
+            Target.ONNXRUNTIME: (Engine.ONNXRUNTIME,),
+            Target.OPENVINO: (Engine.OPENVINO,),
+            Target.TENSORRT: (Engine.TENSORRT,),
+        }[self]
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices its encoder can run on."""
+        return {
+            Target.PYTHON: ("cpu", "cuda"),
+            Target.ONNXRUNTIME: ("cpu", "cuda"),
+            Target.OPENVINO: ("cpu",),
+            Target.TENSORRT: ("cuda",),
+        }[self]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,9 +72,13 @@ class Tuning:
 
     encoder_instances: int = 1
     encoder_threads: int = 0
-    """ONNX Runtime intra-op threads per encoder instance; 0 lets ONNX Runtime use every core."""
+    """The engine's threads per encoder instance (ONNX Runtime's intra-op threads, OpenVINO's
+    inference threads); 0 lets the engine use every core."""
+    encoder_streams: int = 1
+    """OpenVINO encoders: slices of a batch run at once, each on its share of the threads."""
     encoder_rows_per_run: int = 8
-    """The CPU target runs the encoder's batch in slices of this many records (0: all at once)."""
+    """The python target runs the encoder's batch in slices of this many records (0: all at
+    once)."""
     preprocess_instances: int = 1
     max_queue_delay_us: int = 0
     """How long each model's dynamic batcher waits for more requests. Under load, batches form
@@ -74,10 +104,40 @@ class RepositorySpec:
     """The snapshot's words are rendered into the behaviour text (`snapshot.id_words`)."""
     vocab_size: int | None = None
     """Token ids the encoder accepts: [0, vocab_size). `write_repository` fills it from the
-    tokenizer when left out; `model_configs` needs it for the CPU target."""
-    target: Target = Target.CPU_PYTHON
+    tokenizer when left out; `model_configs` needs it for the python target."""
+    target: Target = Target.PYTHON
+    engine: Engine = Engine.ONNXRUNTIME
+    """The encoder's engine; one of `target.engines`."""
+    precision: str = "f32"
+    """The encoder's precision where the engine takes one at load time: OpenVINO's "f32" or
+    "bf16", PyTorch's "fp32" or "fp16"."""
+    device: str = "cpu"
+    """Where the encoder runs: "cpu" or "cuda" (one of `target.devices`)."""
     max_batch_size: int = contract.MAX_BATCH_SIZE
     tuning: Tuning = Tuning()
+
+    def __post_init__(self) -> None:
+        if (
+            self.target is Target.PYTHON
+            and self.device == "cuda"
+            and self.engine is not (Engine.PYTORCH)
+        ):
+            raise ValueError("the python target runs the encoder on cuda with PyTorch only")
+        if self.engine not in self.target.engines:
+            served = "/".join(e.value for e in self.target.engines)
+            raise ValueError(
+                f"the {self.target.value} target serves {served} encoders, not {self.engine.value}"
+            )
+        if self.device not in self.target.devices:
+            raise ValueError(
+                f"the {self.target.value} target runs on {'/'.join(self.target.devices)},"
+                f" not {self.device}"
+            )
+
+    @property
+    def native(self) -> bool:
+        """Whether the encoder and head use Triton's own backends, not python models."""
+        return self.target is not Target.PYTHON
 
 
 SERVED_MODULES = (
@@ -110,42 +170,102 @@ def _dynamic_batching(spec: RepositorySpec) -> dict:
     }
 
 
-def _onnx_model(
+ENCODER_FILES = {
+    Engine.ONNXRUNTIME: "model.onnx",
+    Engine.OPENVINO: "model.xml",
+    Engine.TENSORRT: "model.plan",
+    Engine.PYTORCH: "bert",
+}
+"""The encoder's file (PyTorch: directory) in its version directory, by engine."""
+GPU_CANARY_ATOL = 1e-2
+"""How far a GPU encoder's canary scores may lie from the fp32 ONNX graph's (fp16 arithmetic)."""
+PYTHON_MODELS = {
+    Engine.ONNXRUNTIME: "onnx_model.py",
+    Engine.OPENVINO: "openvino_model.py",
+    Engine.PYTORCH: "torch_model.py",
+}
+"""The python-backend model file that runs each engine (`triton_models`)."""
+GPU_ACCELERATOR = {
+    "gpu_execution_accelerator": [
+        {
+            "name": "tensorrt",
+            "parameters": {
+                "precision_mode": "FP16",
+                "max_workspace_size_bytes": str(1 << 30),
+                "trt_engine_cache_enable": "1",
+                "trt_engine_cache_path": "/tmp/ubm-trt-cache",
+            },
+        }
+    ]
+}
+"""``--target onnxruntime --device cuda``: ONNX Runtime hands the graph to TensorRT in FP16
+(engines cached across restarts of the container)."""
+
+
+def _graph_model(
     name: str,
     spec: RepositorySpec,
     inputs: list[dict],
     outputs: list[dict],
+    engine: Engine,
+    device: str,
     instances: int,
     threads: int,
-    rows_per_run: int = 0,
-    limits: dict[str, int] | None = None,
+    python_parameters: dict[str, object],
 ) -> dict:
-    """An ONNX model's config; `limits` are extra parameters its python model validates with."""
+    """The config of a model that runs a graph: the encoder or the head.
+
+    `python_parameters` are what its python-backend model reads (python target only).
+    """
     config = {
         "name": name,
         "max_batch_size": spec.max_batch_size,
         "input": inputs,
         "output": outputs,
-        "instance_group": [{"kind": "KIND_CPU", "count": instances}],
+        "instance_group": [
+            {"kind": "KIND_GPU" if device == "cuda" else "KIND_CPU", "count": instances}
+        ],
         "dynamic_batching": _dynamic_batching(spec),
         "model_warmup": warmup.model_warmup(name, spec),
     }
-    if spec.target is Target.CPU_PYTHON:
+    if not spec.native:
         config["backend"] = "python"
         config["parameters"] = versions.string_parameters(
-            {
-                contract.PARAM_INTRA_OP_THREADS: threads,
-                contract.PARAM_ROWS_PER_RUN: rows_per_run,
-                **(limits or {}),
-            }
+            {contract.PARAM_INTRA_OP_THREADS: threads, **python_parameters}
         )
-    else:
+    elif engine is Engine.ONNXRUNTIME:
         config["platform"] = "onnxruntime_onnx"
-        config["parameters"] = {
-            "intra_op_thread_count": {"string_value": str(threads)},
-            "inter_op_thread_count": {"string_value": "1"},
-        }
+        config["parameters"] = versions.string_parameters(
+            {"intra_op_thread_count": threads, "inter_op_thread_count": 1}
+        )
+        if device == "cuda":
+            config["optimization"] = {"execution_accelerators": GPU_ACCELERATOR}
+    elif engine is Engine.OPENVINO:
+        config["backend"] = "openvino"
+        streams = spec.tuning.encoder_streams
+        openvino = {"NUM_STREAMS": streams}
+        if streams == 1:
+            openvino["PERFORMANCE_HINT"] = "LATENCY"
+        if threads:
+            openvino["INFERENCE_NUM_THREADS"] = threads
+        if spec.precision == "bf16":
+            openvino["HINT_BF16"] = "YES"
+        config["parameters"] = versions.string_parameters(openvino)
+    else:
+        config["platform"] = "tensorrt_plan"
     return config
+
+
+def _precision_parameters(spec: RepositorySpec) -> dict[str, object]:
+    """The python-backend encoder's engine settings beyond threads and slices."""
+    if spec.engine is Engine.OPENVINO:
+        return {
+            contract.PARAM_PRECISION: spec.precision,
+            contract.PARAM_STREAMS: spec.tuning.encoder_streams,
+        }
+    if spec.engine is Engine.PYTORCH:
+        return {contract.PARAM_PRECISION: spec.precision, contract.PARAM_DEVICE: spec.device}
+    return {}
 
 
 def model_configs(
@@ -156,12 +276,16 @@ def model_configs(
     Each serves `version` only, the ensemble's steps are pinned to it, and the ensemble's
     parameters carry the build's `metadata`.
 
+    The python target's token inputs are ragged (its encoder pads them); Triton's own
+    backends batch only requests of one shape, and ``preprocess`` pads to multiples of 16
+    tokens, so requests share a few shapes.
+
     Raises:
-        ValueError: the CPU target without `spec.vocab_size`.
+        ValueError: the python target without `spec.vocab_size`.
     """
-    if spec.target is Target.CPU_PYTHON and spec.vocab_size is None:
-        raise ValueError("RepositorySpec.vocab_size is required for the CPU target")
-    ragged = {"allow_ragged_batch": True}
+    if not spec.native and spec.vocab_size is None:
+        raise ValueError("RepositorySpec.vocab_size is required for the python target")
+    ragged = {} if spec.native else {"allow_ragged_batch": True}
     token_inputs = [
         _tensor(contract.INPUT_IDS, "TYPE_INT64", [-1], **ragged),
         _tensor(contract.ATTENTION_MASK, "TYPE_INT64", [-1], **ragged),
@@ -233,23 +357,31 @@ def model_configs(
             ),
             "model_warmup": warmup.model_warmup(contract.PREPROCESS, spec),
         },
-        contract.ENCODER: _onnx_model(
+        contract.ENCODER: _graph_model(
             contract.ENCODER,
             spec,
             token_inputs,
             [embedding],
+            spec.engine,
+            spec.device,
             spec.tuning.encoder_instances,
             spec.tuning.encoder_threads,
-            spec.tuning.encoder_rows_per_run,
-            encoder_limits,
+            {
+                contract.PARAM_ROWS_PER_RUN: spec.tuning.encoder_rows_per_run,
+                **encoder_limits,
+                **_precision_parameters(spec),
+            },
         ),
-        contract.HEAD: _onnx_model(
+        contract.HEAD: _graph_model(
             contract.HEAD,
             spec,
             [embedding, feature_tensor],
             [probability, _tensor(contract.HEAD_EMBEDDING, "TYPE_FP32", [spec.hidden_size])],
+            Engine.ONNXRUNTIME,
+            "cpu",
             1,
             1,
+            {contract.PARAM_ROWS_PER_RUN: 0},
         ),
     }
     for config in configs.values():
@@ -265,10 +397,11 @@ def write_repository(
     *,
     tokenizer_json: Path,
     snapshot_file: Path,
-    encoder_onnx: Path,
+    encoder: Path,
     head_onnx: Path,
     metadata: Mapping[str, str] | None = None,
     canary_records: Sequence[dict] = (),
+    canary_encoder: Path | None = None,
     drift_reference: drift.DriftReference | None = None,
     keep_versions: int = versions.VERSIONS_KEPT,
 ) -> Path:
@@ -279,21 +412,30 @@ def write_repository(
 
     Args:
         out: the model repository (created if missing).
-        spec: shapes, target and tuning.
-        tokenizer_json, encoder_onnx, head_onnx: the model's files.
+        spec: shapes, target, engine and tuning.
+        tokenizer_json, head_onnx: the model's files.
+        encoder: the encoder's file for `spec.engine` (.onnx, .xml, .plan, or PyTorch's
+            Hugging Face directory).
         snapshot_file: the item and category snapshot ``preprocess`` serves with (its as-of
             time, rows and hash join the metadata).
         metadata: the build's description (training, data), shown by ``ubm-client info``
             from the ensemble's config parameters.
         canary_records: records a rollout scores on this version before switching to it;
-            their expected scores are computed here with ONNX Runtime.
+            their expected scores are computed here with the served encoder.
+        canary_encoder: the fp32 ONNX encoder that computes the canary's expected scores
+            instead when the served one runs on a GPU; the rollout then tolerates
+            `GPU_CANARY_ATOL` (recorded in the metadata as ``canary_atol``).
         drift_reference: the training data's drift statistics, which ``preprocess`` exports
             next to the served ones (without it, it exports the served ones only).
         keep_versions: versions kept on disk, this one included.
 
     Raises:
-        ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary.
+        ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary, or a GPU
+            encoder comes with canary records but no `canary_encoder`.
     """
+    on_gpu = spec.device == "cuda"
+    if on_gpu and canary_records and canary_encoder is None:
+        raise ValueError("a GPU encoder's canary scores need canary_encoder (the fp32 ONNX)")
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     tokenizer_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if spec.vocab_size is None:
@@ -308,6 +450,7 @@ def write_repository(
         "build_version": str(version),
         **(metadata or {}),
         **served_snapshot.metadata(snapshot_file),
+        **({"canary_atol": str(GPU_CANARY_ATOL)} if on_gpu else {}),
     }
     configs = model_configs(spec, version, metadata)
     for name in versions.MODELS:
@@ -325,16 +468,24 @@ def write_repository(
     reader = RecordReader(tokenizer, spec.max_length, served_snapshot, spec.snapshot_words)
     if drift_reference is not None:
         drift.write_reference(preprocess, drift_reference)
-    for name, onnx in ((contract.ENCODER, encoder_onnx), (contract.HEAD, head_onnx)):
+    graphs = (
+        (contract.ENCODER, encoder, spec.engine),
+        (contract.HEAD, head_onnx, Engine.ONNXRUNTIME),
+    )
+    for name, source, engine in graphs:
         directory = versions.version_dir(out, name, version)
-        if spec.target is Target.CPU_PYTHON:
-            shutil.copy2(TRITON_MODELS / "onnx_model.py", directory / "model.py")
-            shutil.copy2(TRITON_MODELS / "responses.py", directory / "responses.py")
+        if not spec.native:
+            shutil.copy2(TRITON_MODELS / PYTHON_MODELS[engine], directory / "model.py")
+            for neighbour in ("engine_model.py", "responses.py"):
+                shutil.copy2(TRITON_MODELS / neighbour, directory / neighbour)
             shutil.copy2(ubm.contract.__file__, directory / "contract.py")
-        shutil.copy2(onnx, directory / "model.onnx")
+        _copy_encoder_file(source, engine, directory)
     warmup.write_warmup_data(out, spec, reader)
     canary = list(canary_records)
-    expected = _canary_scores(encoder_onnx, head_onnx, reader, canary)
+    if on_gpu:
+        expected = _canary_scores(canary_encoder, head_onnx, reader, canary)
+    else:
+        expected = _canary_scores(encoder, head_onnx, reader, canary, spec.precision)
     build = versions.Build(version, metadata, configs, expected)
     build.write(out, canary)
     versions.pin(out, build)  # last: a failed write never changes what a server would load
@@ -342,14 +493,31 @@ def write_repository(
     return out
 
 
+def _copy_encoder_file(source: Path, engine: Engine, directory: Path) -> None:
+    """`source` into a version `directory` under the name its engine loads (`ENCODER_FILES`);
+    OpenVINO's weights file and PyTorch's whole directory come along."""
+    target = directory / ENCODER_FILES[engine]
+    if engine is Engine.PYTORCH:
+        shutil.copytree(source, target)
+        return
+    shutil.copy2(source, target)
+    if engine is Engine.OPENVINO:
+        shutil.copy2(source.with_suffix(".bin"), target.with_suffix(".bin"))
+
+
 def _canary_scores(
-    encoder_onnx: Path, head_onnx: Path, reader: RecordReader, canary: Sequence[dict]
+    encoder: Path,
+    head_onnx: Path,
+    reader: RecordReader,
+    canary: Sequence[dict],
+    precision: str = "f32",
 ) -> list[float]:
-    """The purchase probabilities a version must give its canary records (ONNX Runtime)."""
+    """The purchase probabilities a version must give its canary records (in process)."""
     if not canary:
         return []
     events = [parse_record(record).events for record in canary]
-    probabilities, _ = export.onnx_predict(encoder_onnx, head_onnx, reader, events)
+    session = export.open_encoder(encoder, precision=precision)
+    probabilities, _ = export.onnx_predict(session, head_onnx, reader, events)
     return [float(p) for p in probabilities]
 
 
@@ -365,8 +533,19 @@ def refresh_snapshot(
 
     Raises:
         FileNotFoundError: the repository pins no version, or its build record is missing.
+        ValueError: the pinned build's encoder runs on a GPU, so its canary scores cannot be
+            computed here (write the repository again with ``ubm-build repository``).
     """
     old = versions.Build.read(repository_dir, versions.pinned_version(repository_dir))
+    if "canary_atol" in old.metadata:
+        raise ValueError(
+            f"version {old.version} runs its encoder on a GPU: refresh its snapshot by writing"
+            " the repository again (`ubm-build repository` with the new snapshot in the model)"
+        )
+    encoder_dir = versions.version_dir(repository_dir, contract.ENCODER, old.version)
+    engine = next(e for e, name in ENCODER_FILES.items() if (encoder_dir / name).exists())
+    encoder_parameters = old.configs[contract.ENCODER].get("parameters", {})
+    precision = encoder_parameters.get(contract.PARAM_PRECISION, {}).get("string_value", "f32")
     version = versions.next_version(repository_dir)
     for model in versions.MODELS:
         shutil.copytree(
@@ -389,10 +568,11 @@ def refresh_snapshot(
     )
     canary = old.canary_records(repository_dir)
     expected = _canary_scores(
-        versions.version_dir(repository_dir, contract.ENCODER, version) / "model.onnx",
+        versions.version_dir(repository_dir, contract.ENCODER, version) / ENCODER_FILES[engine],
         versions.version_dir(repository_dir, contract.HEAD, version) / "model.onnx",
         reader,
         canary,
+        precision,
     )
     build = versions.Build(
         version, metadata, versions.renumbered(old.configs, version, metadata), expected
@@ -404,16 +584,30 @@ def refresh_snapshot(
 
 
 def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:
-    """Which ``encoder-<variant>.onnx`` of `onnx_dir` the pinned version serves, by content."""
+    """Which exported variant of `onnx_dir` the pinned version serves, by file content (and,
+    for OpenVINO's fp32 and bf16, which share a file, by the configured precision)."""
     if versions.pinned_version(repository_dir) is None:
         return None
-    served = versions.version_dir(repository_dir, contract.ENCODER) / "model.onnx"
-    if not served.is_file():
-        return None
-    content = served.read_bytes()
-    for candidate in sorted(onnx_dir.glob("encoder-*.onnx")):
-        if candidate.read_bytes() == content:
-            return candidate.stem.removeprefix("encoder-")
+    directory = versions.version_dir(repository_dir, contract.ENCODER)
+    config_path = repository_dir / contract.ENCODER / "config.pbtxt"
+    parameters = read_config(config_path).parameters if config_path.is_file() else {}
+    precision = (
+        parameters[contract.PARAM_PRECISION].string_value
+        if (contract.PARAM_PRECISION in parameters)
+        else "f32"
+    )
+    contents: dict[Engine, bytes | None] = {}
+    for variant in export.Variant:
+        served = directory / ENCODER_FILES[variant.engine]
+        exported = onnx_dir / variant.file_name
+        if variant.engine not in contents:
+            contents[variant.engine] = served.read_bytes() if served.is_file() else None
+        if contents[variant.engine] is None or not exported.is_file():
+            continue
+        if variant.engine is Engine.OPENVINO and variant.precision != precision:
+            continue
+        if exported.read_bytes() == contents[variant.engine]:
+            return variant.value
     return None
 
 
