@@ -123,14 +123,8 @@ def queue_policies(args: argparse.Namespace) -> dict[str, QueuePolicy]:
 def write_repositories(args: argparse.Namespace, policies: dict[str, QueuePolicy]) -> dict:
     """One repository per policy under ``--run-dir``, all from the same model and encoder."""
     from ubm_build import export
-    from ubm_build.inputs import snapshot
-    from ubm_build.model.network import BehaviourModel
-    from ubm_build.serving.repository import (
-        RepositorySpec,
-        Tuning,
-        served_variant,
-        write_repository,
-    )
+    from ubm_build.bench.served import variant_repository
+    from ubm_build.serving.repository import Tuning, served_variant
 
     variant = (
         args.encoder_variant
@@ -138,21 +132,13 @@ def write_repositories(args: argparse.Namespace, policies: dict[str, QueuePolicy
         or export.fastest_passing(export.read_reports(args.onnx_dir)).variant
     )
     args.encoder_variant = variant
-    model = BehaviourModel.load(args.model_dir)
     return {
-        name: write_repository(
+        name: variant_repository(
             args.run_dir / "repositories" / name,
-            RepositorySpec(
-                max_length=model.spec.max_length,
-                hidden_size=model.spec.hidden_size,
-                n_features=len(model.spec.feature_names),
-                snapshot_words=model.spec.snapshot_words,
-                tuning=replace(Tuning(), **asdict(policy)),
-            ),
-            tokenizer_json=args.model_dir / "tokenizer.json",
-            snapshot_file=args.model_dir / snapshot.FILE,
-            encoder_onnx=args.onnx_dir / f"encoder-{variant}.onnx",
-            head_onnx=args.onnx_dir / "head.onnx",
+            args.model_dir,
+            args.onnx_dir,
+            variant,
+            replace(Tuning(), **asdict(policy)),
         )
         for name, policy in policies.items()
     }

@@ -44,13 +44,8 @@ def onnx_dir(tiny_model, tiny_onnx, tiny_reader, examples, tmp_path_factory):
     shutil.copy2(head, directory / "head.onnx")
     events = [ex.events for ex in examples["train"][:32]]
     calibration = export.TokenCalibration(tiny_reader, events)
-    export.derive_variant(
-        export.Variant.INT8_STATIC,
-        encoder,
-        model,
-        directory / "encoder-int8-static.onnx",
-        calibration,
-    )
+    for variant in (export.Variant.INT8_STATIC, export.Variant.OPENVINO_INT8):
+        export.derive_variant(variant, encoder, model, directory / variant.file_name, calibration)
     return directory
 
 
@@ -76,11 +71,12 @@ def test_bench_runs_every_row_and_writes_its_json(
     names = [row["name"] for row in report["rows"]]
     assert names == [
         "seeds_way",
+        # measured in rounds:
         "pytorch",
-        "ort_int8_static",
-        # the served variant's rows, measured in rounds:
         "ort_fp32",
-        "ort_fp32_single",
+        "ort_fp32_single",  # the served variant's
+        "ort_int8_static",
+        "openvino_int8",
         "served_c1",
         "served_c4",
         "served_c16",
@@ -96,13 +92,10 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert rows["served_c16"]["records_per_call"] == 3
     assert "2 records per run" in rows["ort_int8_static"]["description"]
 
+    assert "openvino in this process" in rows["openvino_int8"]["description"]
     for name in names:
         rounds = rows[name]["round_records_per_s"]
-        assert (
-            rounds is None
-            if name in ("seeds_way", "pytorch", "ort_int8_static")
-            else len(rounds) == 2
-        )
+        assert rounds is None if name == "seeds_way" else len(rounds) == 2
         split = rows[name]["server"]
         if not name.startswith("served"):
             assert split is None
@@ -117,6 +110,14 @@ def test_bench_runs_every_row_and_writes_its_json(
     assert report["served_rows_per_run"] == 8 and report["in_process_rows_per_run"] == 2
     assert report["machine"]["cpu_count"] >= 1
     ratios = report["ratios"]
+    in_process = [row for row in report["rows"][1:] if not row["name"].startswith("served")]
+    best = max(
+        (r for r in in_process if "single" not in r["name"]), key=lambda r: r["records_per_s"]
+    )
+    assert report["best_in_process"] == best["name"]
+    assert ratios["served_c16_over_best_in_process"] == pytest.approx(
+        rows["served_c16"]["records_per_s"] / best["records_per_s"]
+    )
     assert ratios["served_c16_over_inprocess_ort"] == pytest.approx(
         rows["served_c16"]["records_per_s"] / rows["ort_fp32"]["records_per_s"]
     )

@@ -7,24 +7,28 @@ Rows, all on the same test-day sessions:
    random weights), PyTorch eager, one record per call, the [CLS] vector into a linear layer,
    on the first ``--seeds-records`` records (it is slow; its rate does not depend on how many).
 2. ``pytorch``: our trained model (`BehaviourModel.load`), PyTorch eager, batched.
-3. ``ort_<variant>``: our exported encoder + head in ONNX Runtime in this process, batched, for
-   the fp32 and int8-static encoders (and the served variant, if it is another one). The
-   encoder runs in slices of as many records as the served encoder does (its ``rows_per_run``).
+3. ``ort_<variant>``, ``openvino_<precision>``: our exported encoder on its engine + the head in
+   this process, batched, for each exported variant of `in_process.COMPARED_VARIANTS` (ONNX
+   Runtime fp32 and int8-static, OpenVINO fp32, bf16 and int8) and the served one. The encoder
+   runs in slices of as many records as the served encoder does (its ``rows_per_run``).
 4. ``served_c<N>``: the `ubm` ensemble in a local tritonserver, through `ubm.UbmClient`, with N
    threads each sending one batch at a time on its own client.
-5. ``ort_<variant>_single`` and ``served_c1_single``: one record per call, for the latency
-   target (served p99 at concurrency 1 under twice the in-process median plus 5 ms).
+5. ``served_c16_<variant>``: every other compared variant served by a tritonserver of its own
+   (same tuning), at concurrency 16; not with ``--url``.
+6. ``<served variant's row>_single`` and ``served_c1_single``: one record per call, for the
+   latency target (served p99 at concurrency 1 under twice the in-process median plus 5 ms).
 
 Every in-process row times what the server does for a record too (`in_process`). Latency is
 per record for the seeds' way, per batch in process, and per request as the client sees it when
 served (queueing included). Served rows also record, from Triton's metrics, each model's mean
-queue and compute time per request (`served`). The served variant's rows, in process and
-served, are measured in alternating rounds and the median round is reported, so that a drift
-of the machine's speed does not favour one side.
+queue and compute time per request (`served`). Every row but the seeds' way is measured in
+alternating rounds (in process first, then served first) and the median round is reported, so
+that a drift of the machine's speed does not favour one side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -37,12 +41,12 @@ import click
 import torch
 
 from ubm.records import Record
-from ubm_build import options, paths
+from ubm_build import export, options, paths
 from ubm_build.bench import in_process, report, served
 from ubm_build.bench.commands import batch_size_option, click_errors, count_option
-from ubm_build.bench.in_process import InProcess, ort_row, ort_row_name
+from ubm_build.bench.in_process import InProcess, engine_row, engine_row_name
 from ubm_build.bench.report import Log
-from ubm_build.bench.rows import Row, describe, latency_target, median_row, ratio
+from ubm_build.bench.rows import Row, describe, in_rounds, latency_target, ratio
 from ubm_build.bench.served import ServedConfig, served_row
 from ubm_build.bench.workload import batches_of, sample_records
 from ubm_build.model.network import BehaviourModel, load_reader
@@ -67,7 +71,9 @@ class BenchSettings:
     concurrency: tuple[int, ...] = (1, 4, 16)
     """Client threads of each served row."""
     rounds: int = 3
-    """Rounds of the served variant's rows, in process and served, taking turns."""
+    """Rounds of every row but the seeds' way, in process and served taking turns."""
+    served_variants: bool = True
+    """Also serve every other compared variant on a server of its own (concurrency 16)."""
 
 
 DEFAULTS = BenchSettings()
@@ -126,50 +132,66 @@ def run(
 
     seeds = add(in_process.seeds_way_row(chosen[: settings.seeds_records], setup))
     gc.collect()
-    add(in_process.pytorch_row(model, batches, setup))
-    del model
-    gc.collect()
     head = onnx_dir / "head.onnx"
-    encoders = {
-        variant: onnx_dir / f"encoder-{variant}.onnx"
+    variants = [
+        variant
         for variant in dict.fromkeys([*in_process.COMPARED_VARIANTS, config.variant])
-        if variant
-    }
-    for variant, encoder in encoders.items():
-        if not encoder.is_file():
-            log(f"{encoder} is missing: no ONNX Runtime row for {variant}")
-        elif variant != config.variant:
-            add(ort_row(variant, encoder, head, batches, setup))
-            gc.collect()
+        if variant and _exported(onnx_dir, variant, log)
+    ]
+    in_process_runs: list[Callable[[], Row]] = [
+        partial(in_process.pytorch_row, model, batches, setup)
+    ]
+    for variant in variants:
+        encoder = onnx_dir / export.Variant(variant).file_name
+        in_process_runs.append(partial(engine_row, variant, encoder, head, batches, setup))
+        if variant == config.variant:
+            in_process_runs.append(partial(engine_row, variant, encoder, head, singles, setup))
 
-    in_process_runs: list[Callable[[], Row]] = []
-    if config.variant and encoders[config.variant].is_file():
-        encoder = encoders[config.variant]
-        in_process_runs = [
-            partial(ort_row, config.variant, encoder, head, work, setup)
-            for work in (batches, singles)
-        ]
-
-    def compared_rows(address: str, metrics: str | None) -> dict[str, Row]:
+    def served_runs(address: str, metrics: str | None) -> list[Callable[[], Row]]:
         served.warm_up(address, batches[:2])
-        served_runs = [
-            partial(served_row, address, batches, c, metrics) for c in settings.concurrency
-        ]
-        served_runs.append(partial(served_row, address, singles, 1, metrics))
-        return _in_rounds(in_process_runs, served_runs, settings.rounds, log)
+        runs = [partial(served_row, address, batches, c, metrics) for c in settings.concurrency]
+        runs.append(partial(served_row, address, singles, 1, metrics))
+        return runs
 
-    if url:
-        compared = compared_rows(url, metrics_url)
-    else:
-        log(f"starting tritonserver on {repository_dir} (log: {workdir / 'tritonserver.log'})")
-        ports = server.Ports.free()
-        with server.TritonServer(repository_dir, workdir=workdir, ports=ports) as triton:
-            compared = compared_rows(triton.grpc_url, triton.metrics_url)
+    with contextlib.ExitStack() as servers:
+        if url:
+            runs = served_runs(url, metrics_url)
+        else:
+            log(f"starting tritonserver on {repository_dir} (log: {workdir / 'tritonserver.log'})")
+            triton = servers.enter_context(
+                server.TritonServer(repository_dir, workdir=workdir, ports=server.Ports.free())
+            )
+            runs = served_runs(triton.grpc_url, triton.metrics_url)
+            for variant in variants if settings.served_variants else ():
+                if variant == config.variant:
+                    continue
+                other = servers.enter_context(
+                    server.TritonServer(
+                        served.variant_repository(
+                            workdir / "repositories" / variant, model_dir, onnx_dir, variant
+                        ),
+                        workdir=workdir / variant,
+                        ports=server.Ports.free(),
+                    )
+                )
+                served.warm_up(other.grpc_url, batches[:2])
+                runs.append(
+                    partial(served_row, other.grpc_url, batches, 16, other.metrics_url, variant)
+                )
+        compared = in_rounds([in_process_runs, runs], settings.rounds, log)
     for row in compared.values():
         add(row)
     return _result(
         settings, config, setup, chosen, seeds, rows, compared, url or str(repository_dir)
     )
+
+
+def _exported(onnx_dir: Path, variant: str, log: Log) -> bool:
+    """Whether `variant`'s encoder file is in `onnx_dir` (if not, says so)."""
+    encoder = onnx_dir / export.Variant(variant).file_name
+    if not encoder.is_file():
+        log(f"{encoder} is missing: no rows for {variant}")
+    return encoder.is_file()
 
 
 def _log_mismatches(
@@ -190,27 +212,6 @@ def _log_mismatches(
         )
 
 
-def _in_rounds(
-    in_process_runs: Sequence[Callable[[], Row]],
-    served_runs: Sequence[Callable[[], Row]],
-    rounds: int,
-    log: Log,
-) -> dict[str, Row]:
-    """Each run `rounds` times, in process first in odd rounds and served first in even ones;
-    the median round of each row."""
-    measured: dict[str, list[Row]] = {}
-    for round_ in range(rounds):
-        first, second = (
-            (in_process_runs, served_runs) if round_ % 2 == 0 else (served_runs, in_process_runs)
-        )
-        for measure in [*first, *second]:
-            row = measure()
-            measured.setdefault(row.name, []).append(row)
-            log(f"round {round_ + 1}: {describe(row)}")
-            gc.collect()
-    return {name: median_row(rows) for name, rows in measured.items()}
-
-
 def _result(
     settings: BenchSettings,
     config: ServedConfig,
@@ -223,9 +224,15 @@ def _result(
 ) -> dict:
     """The results file's content."""
     variant = config.variant
-    in_process_batched = compared.get(ort_row_name(variant)) if variant else None
-    in_process_single = compared.get(ort_row_name(variant, single=True)) if variant else None
+    in_process_batched = compared.get(engine_row_name(variant)) if variant else None
+    in_process_single = compared.get(engine_row_name(variant, single=True)) if variant else None
     served_c16 = compared.get("served_c16")
+    batched = [r for r in compared.values() if not r.name.startswith("served")]
+    best = max(
+        (r for r in batched if not r.name.endswith("_single")),
+        default=None,
+        key=lambda r: r.records_per_s,
+    )
     return {
         "created": report.created(),
         "machine": {
@@ -244,8 +251,10 @@ def _result(
         "in_process_rows_per_run": setup.rows_per_run,
         "server": server_name,
         "rows": [row.to_dict() for row in rows],
+        "best_in_process": best.name if best else None,
         "ratios": {
             "served_c16_over_inprocess_ort": ratio(served_c16, in_process_batched),
+            "served_c16_over_best_in_process": ratio(served_c16, best),
             "served_c16_over_seeds_way": ratio(served_c16, seeds),
         },
         "latency_target": latency_target(compared.get("served_c1_single"), in_process_single),
@@ -294,6 +303,12 @@ def _concurrency(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     DEFAULTS.rounds,
     "Rounds of the served variant's rows, in process and served, taking turns;"
     " the median round is reported.",
+)
+@click.option(
+    "--served-variants/--no-served-variants",
+    default=DEFAULTS.served_variants,
+    show_default=True,
+    help="Also serve every other compared encoder variant on its own server (concurrency 16).",
 )
 @options.model_dir()
 @options.onnx_dir()

@@ -1,5 +1,5 @@
-"""The rows scored in this process: the seeds' way, our model in PyTorch, our ONNX graphs in
-ONNX Runtime.
+"""The rows scored in this process: the seeds' way, our model in PyTorch, our exported encoders
+on their engines (ONNX Runtime, OpenVINO), each with the ONNX head.
 
 Each times what the server does for a record too: behaviour text, session features,
 tokenization and the model (JSON decoding aside), over the same batches in the same order as
@@ -25,13 +25,13 @@ from ubm_build.bench.rows import Row, summarise, summarise_batches
 from ubm_build.bench.workload import Batch
 from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
 from ubm_build.model.network import BehaviourModel
-from ubm_build.serving.triton_models.onnx_model import run_in_slices
+from ubm_build.serving.triton_models.engine_model import run_in_slices
 
 SEEDS_VOCAB_SIZE = 28996
 """bert-base-cased's vocabulary. Our tokenizer's ids are folded into it (id mod 28,996): the
 weights are random, so only the amount of work matters, and that is the same."""
-COMPARED_VARIANTS = ("fp32", "int8-static")
-"""Encoder variants that get an in-process ONNX Runtime row besides the served one."""
+COMPARED_VARIANTS = ("fp32", "int8-static", "openvino-fp32", "openvino-bf16", "openvino-int8")
+"""Encoder variants measured in process (and served, on their own server), where exported."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class InProcess:
     reader: RecordReader
     """The model's reader (tokenizer, token limit, snapshot)."""
     rows_per_run: int = 0
-    """Records per ONNX Runtime encoder run, 0 for whole batches."""
+    """Records per encoder run, 0 for whole batches."""
 
     def inputs(self, batch: Batch) -> ModelInputs:
         """What ``preprocess`` hands the encoder and head for `batch`."""
@@ -106,17 +106,21 @@ def pytorch_row(model: BehaviourModel, batches: Sequence[Batch], setup: InProces
     return summarise_batches("pytorch", description, "batch", batches, latencies, seconds)
 
 
-def ort_row_name(variant: str, *, single: bool = False) -> str:
-    """``ort_<variant>``, with ``_single`` for one record per call."""
-    return f"ort_{variant.replace('-', '_')}" + ("_single" if single else "")
+def engine_row_name(variant: str, *, single: bool = False) -> str:
+    """The in-process row of an encoder variant: ``ort_<variant>`` for ONNX Runtime's,
+    ``openvino_<precision>`` for OpenVINO's; ``_single`` for one record per call."""
+    engine = export.Variant(variant).engine
+    name = variant if engine is not export.Engine.ONNXRUNTIME else f"ort_{variant}"
+    return name.replace("-", "_") + ("_single" if single else "")
 
 
-def ort_row(
+def engine_row(
     variant: str, encoder: Path, head: Path, batches: Sequence[Batch], setup: InProcess
 ) -> Row:
-    """Our encoder and head in ONNX Runtime, the encoder in slices of `setup.rows_per_run`
-    records like the server's."""
-    encoder_session, head_session = export.ort_session(encoder), export.ort_session(head)
+    """Our encoder on its engine and the head in ONNX Runtime, the encoder in slices of
+    `setup.rows_per_run` records like the server's."""
+    encoder_session = export.Variant(variant).open(encoder)
+    head_session = export.ort_session(head)
 
     def score(batch: Batch) -> np.ndarray:
         ids, mask, features, _ = setup.inputs(batch)
@@ -130,6 +134,7 @@ def ort_row(
     latencies, seconds = time_calls(batches, score)
     size = len(batches[0])
     slices = f", {setup.rows_per_run} records per run" if 0 < setup.rows_per_run < size else ""
-    name = ort_row_name(variant, single=size == 1)
-    description = f"ONNX Runtime in this process, {variant} encoder + head{slices}"
+    name = engine_row_name(variant, single=size == 1)
+    engine = export.Variant(variant).engine.value
+    description = f"{engine} in this process, {variant} encoder + head{slices}"
     return summarise_batches(name, description, "batch", batches, latencies, seconds)

@@ -13,11 +13,20 @@ from pathlib import Path
 from tritonclient.grpc import InferenceServerClient
 
 from ubm import UbmClient, contract
+from ubm_build import export
 from ubm_build.bench.errors import BenchError
 from ubm_build.bench.rows import Row, summarise_batches
 from ubm_build.bench.workload import Batch
+from ubm_build.inputs import snapshot
+from ubm_build.model.network import BehaviourModel
 from ubm_build.serving import triton_metrics
-from ubm_build.serving.repository import served_parameter, served_variant
+from ubm_build.serving.repository import (
+    RepositorySpec,
+    Tuning,
+    served_parameter,
+    served_variant,
+    write_repository,
+)
 
 REQUEST_TIMEOUT_S = 600.0
 
@@ -27,7 +36,7 @@ class ServedConfig:
     """What a written model repository serves, as far as the in-process rows compare with it."""
 
     variant: str | None
-    """The ``encoder-<variant>.onnx`` it serves, None when it is none of the exported ones."""
+    """The exported encoder variant it serves, None when it is none of the exported ones."""
     max_length: int | None
     """Tokens per record in ``preprocess`` (None when its config has no such parameter)."""
     rows_per_run: int
@@ -46,6 +55,32 @@ class ServedConfig:
             )
             or 0,
         )
+
+
+def variant_repository(
+    out: Path, model_dir: Path, onnx_dir: Path, variant: str, tuning: Tuning | None = None
+) -> Path:
+    """A python-target repository at `out` serving `onnx_dir`'s `variant` of the model in
+    `model_dir`, with `tuning` (default: the shipped one)."""
+    model = BehaviourModel.load(model_dir)
+    chosen = export.Variant(variant)
+    spec = RepositorySpec(
+        max_length=model.spec.max_length,
+        hidden_size=model.spec.hidden_size,
+        n_features=len(model.spec.feature_names),
+        snapshot_words=model.spec.snapshot_words,
+        engine=chosen.engine,
+        precision=chosen.precision,
+        tuning=tuning or Tuning(),
+    )
+    return write_repository(
+        out,
+        spec,
+        tokenizer_json=model_dir / "tokenizer.json",
+        snapshot_file=model_dir / snapshot.FILE,
+        encoder=onnx_dir / chosen.file_name,
+        head_onnx=onnx_dir / "head.onnx",
+    )
 
 
 def ensemble_counts(client: InferenceServerClient) -> tuple[int, int] | None:
@@ -81,10 +116,13 @@ def served_row(
     batches: Sequence[Batch],
     concurrency: int,
     metrics_url: str | None = None,
+    variant: str | None = None,
 ) -> Row:
     """`concurrency` threads, each with its own client, take batches from one queue.
 
     With `metrics_url`, the row carries Triton's per-model split of the run (`triton_metrics`).
+    `variant` names a server of another encoder variant than the one the bench serves (its
+    row is ``served_c<N>_<variant>``).
 
     Raises:
         BenchError: a request failed.
@@ -132,6 +170,8 @@ def served_row(
         after = triton_metrics.scrape_after(metrics_url, before, models, len(batches))
         split = {m: s.to_dict() for m, s in triton_metrics.split(before, after).items()}
     name = f"served_c{concurrency}" + ("_single" if len(batches[0]) == 1 else "")
+    name += f"_{variant.replace('-', '_')}" if variant else ""
     description = f"tritonserver ensemble via UbmClient, {concurrency} thread(s) with own client"
+    description += f", {variant} encoder" if variant else ""
     row = summarise_batches(name, description, "request", batches, latencies, seconds)
     return replace(row, server=split)

@@ -24,10 +24,9 @@ from ubm_build.bench.report import Log
 from ubm_build.bench.rows import Row, median_row
 from ubm_build.bench.served import served_row
 from ubm_build.bench.workload import Batch, batches_of, sample_records
-from ubm_build.inputs import snapshot
 from ubm_build.model.network import BehaviourModel
 from ubm_build.serving import server
-from ubm_build.serving.repository import RepositorySpec, Tuning, served_variant, write_repository
+from ubm_build.serving.repository import Tuning, served_variant
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,10 @@ TUNINGS: dict[str, TuningCase] = {
     "encoder_2x1": TuningCase(
         "defaults, 2 encoder instances of 1 thread",
         replace(SHIPPED, encoder_instances=2, encoder_threads=1),
+    ),
+    "streams_2": TuningCase(
+        "defaults, an OpenVINO encoder runs 2 slices at once (2 streams of 1 thread)",
+        replace(SHIPPED, encoder_streams=2),
     ),
     "preprocess_2": TuningCase(
         "defaults, 2 preprocess instances", replace(SHIPPED, preprocess_instances=2)
@@ -105,26 +108,19 @@ def run(
     workdir: Path,
     log: Log = print,
 ) -> dict:
-    """Measure `settings.tunings` in `settings.rounds` rounds, each with the encoder
-    ``encoder-<encoder_variant>.onnx``; the results as a JSON-ready dict."""
+    """Measure `settings.tunings` in `settings.rounds` rounds, each with the encoder variant
+    `encoder_variant` of `onnx_dir`; the results as a JSON-ready dict."""
     model = BehaviourModel.load(model_dir)
     chosen = sample_records(settings.records)
     batches = batches_of(chosen, BATCH_SIZE)
     singles = batches_of(chosen[: settings.single_records], 1)
     repositories = {
-        name: write_repository(
+        name: served.variant_repository(
             workdir / "repositories" / name,
-            RepositorySpec(
-                max_length=model.spec.max_length,
-                hidden_size=model.spec.hidden_size,
-                n_features=len(model.spec.feature_names),
-                snapshot_words=model.spec.snapshot_words,
-                tuning=TUNINGS[name].tuning,
-            ),
-            tokenizer_json=model_dir / "tokenizer.json",
-            snapshot_file=model_dir / snapshot.FILE,
-            encoder_onnx=onnx_dir / f"encoder-{encoder_variant}.onnx",
-            head_onnx=onnx_dir / "head.onnx",
+            model_dir,
+            onnx_dir,
+            encoder_variant,
+            TUNINGS[name].tuning,
         )
         for name in settings.tunings
     }
