@@ -352,6 +352,12 @@ def model_command(
     reports: Path | None,
 ) -> None:
     """All steps: train, export (with checks), model repository, model card."""
+    if target == repository.Target.TENSORRT.value:
+        raise click.UsageError(
+            "a TensorRT plan is built on the GPU that serves it: run `ubm-build model`, then"
+            " there `ubm-build export --engine tensorrt` and `ubm-build repository --target"
+            " tensorrt`"
+        )
     started = time.perf_counter()
     steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
     try:

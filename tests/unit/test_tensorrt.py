@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from ubm import contract
-from ubm_build import export
+from ubm_build import cli, export
 from ubm_build.export.tensorrt import (
     MIN_SEQUENCE,
     TRITON_CONTAINER,
@@ -333,3 +334,22 @@ def test_plan_matches_onnx_runtime(tmp_path):
         [embedding] = session.run([contract.EMBEDDING], feeds)
         assert embedding.dtype == np.float32 and embedding.shape == expected.shape
         np.testing.assert_allclose(embedding, expected, atol=1e-3)
+
+
+@pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are here")
+def test_the_export_command_says_in_one_line_why_it_builds_no_plan(tmp_path):
+    result = CliRunner().invoke(
+        cli.main,
+        ["export", "--engine", "tensorrt", "--fp16", "--model-dir", str(tmp_path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {unavailable_reason()}"
+
+
+def test_precision_flags_need_the_tensorrt_engine_and_model_does_not_build_plans(tmp_path):
+    runner = CliRunner()
+    flags = runner.invoke(cli.main, ["export", "--int8", "--model-dir", str(tmp_path)])
+    assert flags.exit_code == 2 and "--engine tensorrt" in flags.output
+    model = runner.invoke(cli.main, ["model", "--target", "tensorrt"])
+    assert model.exit_code == 2 and "export --engine tensorrt" in model.output

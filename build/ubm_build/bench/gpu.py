@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 
 from ubm import contract
 from ubm.records import Record
-from ubm_build import data, paths
+from ubm_build import data, options, paths
 from ubm_build.bench import report
 from ubm_build.bench.rows import Row, describe, in_rounds, summarise_batches
 from ubm_build.bench.workload import Batch, batches_of, sample_records
@@ -487,13 +487,8 @@ def main() -> None:
 
 
 @main.command("run")
-@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=paths.DEFAULT_CSV,
-    show_default=True,
-)
+@options.model_dir()
+@options.csv()
 @click.option(
     "--records", "n_records", type=click.IntRange(1), default=DEFAULT_RECORDS, show_default=True
 )
@@ -514,12 +509,7 @@ def main() -> None:
     default=None,
     help="Gate on the first N test records only (default: the whole window).",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=paths.RESULTS / "bench-gpu.json",
-    show_default=True,
-)
+@options.out_file(paths.RESULTS / "bench-gpu.json")
 def run_command(
     model_dir: Path,
     csv: Path,
@@ -533,7 +523,7 @@ def run_command(
     """Measure the GPU rows and gates; write them to --out."""
     log = report.console_log(report.wide_console(stderr=True))
     result = run_bench(
-        model_dir or paths.MODEL_DIR,
+        model_dir,
         csv,
         n_records,
         batch_sizes,
@@ -549,12 +539,7 @@ def run_command(
 
 
 @main.command("pack")
-@click.option(
-    "--model-dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=paths.MODEL_DIR,
-    show_default=True,
-)
+@options.model_dir()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

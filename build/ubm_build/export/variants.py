@@ -89,7 +89,7 @@ class Variant(enum.Enum):
 
     @property
     def is_int8(self) -> bool:
-        return self.value.endswith(("int8", "int8-static", "int8-dynamic"))
+        return "int8" in self.value
 
     @property
     def lossy(self) -> bool:
