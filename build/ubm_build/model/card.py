@@ -168,11 +168,12 @@ class Card:
             )
         lines += [
             "",
-            "fp32 variants must stay within 1e-4 of PyTorch's probability; int8 may lose at",
-            "most 0.005 ROC-AUC. Every variant must score a record alone and inside mixed,",
-            "padded batches within 1e-6 (int8-dynamic cannot: its activation scales come from",
-            "the whole batch; it is exported for comparison only). The repository serves the",
-            "fastest variant that passed.",
+            "fp32 variants must stay within 1e-4 of PyTorch's probability; int8 and bf16",
+            "variants may lose at most 0.005 ROC-AUC. Every variant must score a record alone",
+            "and inside mixed, padded batches within 1e-6 (int8-dynamic cannot: its activation",
+            "scales come from the whole batch; it is exported for comparison only). The",
+            "repository serves the fastest variant that passed (records/s: one run of the",
+            "export; `make bench` compares them in alternating rounds).",
             "",
             "## Training",
             "",
