@@ -208,6 +208,11 @@ def repository_step(
     """
     fp32 = onnx_dir / export.Variant.FP32.file_name
     if target is repository.Target.PYTHON and device == "cuda":
+        if variant is not None:
+            raise export.ParityError(
+                f"the python target on cuda serves {PYTORCH_GPU}, not an exported variant"
+                f" ({variant}); use --target onnxruntime or tensorrt for those on a GPU"
+            )
         served, engine, precision, encoder = PYTORCH_GPU, export.Engine.PYTORCH, "fp16", None
     else:
         chosen = _chosen_variant(onnx_dir, target, variant, device)

@@ -164,6 +164,35 @@ def test_an_engine_or_device_the_target_cannot_serve_is_refused(target, fields, 
         spec_for(target, **fields)
 
 
+def test_a_gpu_build_tolerates_fp16_canary_scores():
+    cpu = versions.Build(1, {"build_version": "1"}, {}, [0.5])
+    gpu = versions.Build(2, {"canary_atol": str(repository.GPU_CANARY_ATOL)}, {}, [0.5])
+    assert cpu.canary_atol(1e-4) == 1e-4
+    assert gpu.canary_atol(1e-4) == repository.GPU_CANARY_ATOL == 1e-2
+
+
+def test_a_gpu_encoders_canary_needs_the_fp32_graph(tmp_path, snapshot_file):
+    spec = repository.RepositorySpec(
+        max_length=64,
+        hidden_size=32,
+        n_features=len(model_inputs.FEATURE_NAMES),
+        engine=Engine.PYTORCH,
+        precision="fp16",
+        device="cuda",
+    )
+    with pytest.raises(ValueError, match="canary_encoder"):
+        repository.write_repository(
+            tmp_path / "repository",
+            spec,
+            tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
+            snapshot_file=snapshot_file,
+            encoder=tmp_path,
+            head_onnx=tmp_path / "head.onnx",
+            canary_records=[{"id": "1", "events": []}],
+        )
+    assert not (tmp_path / "repository").exists()
+
+
 def test_the_encoders_engine_decides_its_python_model_and_files(tmp_path, snapshot_file):
     """An OpenVINO encoder: openvino_model.py as model.py, model.xml with its .bin beside it."""
     ir = tmp_path / "encoder.xml"

@@ -212,10 +212,11 @@ class Switch:
         served = score(records, build.version)
         expected = np.asarray(build.canary_probabilities, dtype=np.float64)
         diff = float(np.max(np.abs(served - expected)))
-        if not diff <= self.canary_atol:
+        tolerated = build.canary_atol(self.canary_atol)
+        if not diff <= tolerated:
             raise CanaryError(
                 f"canary: version {build.version} scores its {len(records)} canary records"
-                f" up to {diff:.2e} away from its build's scores (tolerated {self.canary_atol:g})"
+                f" up to {diff:.2e} away from its build's scores (tolerated {tolerated:g})"
             )
         return diff
 

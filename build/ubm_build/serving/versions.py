@@ -102,6 +102,12 @@ class Build:
         path = version_dir(repository_dir, contract.ENSEMBLE, version) / BUILD_FILE
         return cls(**json.loads(path.read_text()))
 
+    def canary_atol(self, default: float) -> float:
+        """How far served canary scores may lie from the expected ones: `default`, or the
+        looser bound a GPU build records (``canary_atol``: its expected scores come from the
+        fp32 graph on the CPU)."""
+        return max(default, float(self.metadata.get("canary_atol", 0.0)))
+
     def canary_records(self, repository_dir: Path) -> list[dict]:
         path = version_dir(repository_dir, contract.ENSEMBLE, self.version) / CANARY_FILE
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
