@@ -100,6 +100,19 @@ def test_openvino_int8_quantises_the_matmuls_with_fixed_scales(encoders):
     assert len(fake_quantize) >= len(matmuls) > 0  # activations and weights, scales constant
 
 
+def test_openvino_streams_run_slices_at_once_with_the_same_results(encoders, tiny_reader, examples):
+    from ubm_build.serving.triton_models.openvino_model import OpenVinoSession
+
+    inputs = tiny_reader(events_of(examples["test"][:40]))
+    feeds = {contract.INPUT_IDS: inputs.ids, contract.ATTENTION_MASK: inputs.mask}
+    path = encoders[export.Variant.OPENVINO_INT8]
+    one, two = (OpenVinoSession(path, streams=n) for n in (1, 2))
+    in_turn = one.run_slices([contract.EMBEDDING], feeds, 8)[0]
+    at_once = two.run_slices([contract.EMBEDDING], feeds, 8)[0]
+    assert in_turn.shape[0] == at_once.shape[0] == 40
+    np.testing.assert_allclose(at_once, in_turn, atol=1e-6)  # bit-identical on our machine
+
+
 @pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bf16 instructions")
 def test_bf16_is_judged_by_its_roc_auc_loss(reports):
     report = reports[export.Variant.OPENVINO_BF16]

@@ -27,19 +27,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def small_spec(**fields) -> repository.RepositorySpec:
+    """A spec of 64 tokens, hidden size 32 and the served features, with `fields`."""
+    return repository.RepositorySpec(
+        max_length=64, hidden_size=32, n_features=len(model_inputs.FEATURE_NAMES), **fields
+    )
+
+
 def write(
     tmp_path: Path, snapshot_file: Path, vocab_size: int | None = None, snapshot_words: bool = False
 ) -> Path:
     """`write_repository` with the packaged tokenizer, `snapshot_file` and placeholder graphs."""
     for name, content in GRAPHS.items():
         (tmp_path / f"{name}.onnx").write_bytes(content)
-    spec = repository.RepositorySpec(
-        max_length=64,
-        hidden_size=32,
-        n_features=len(model_inputs.FEATURE_NAMES),
-        vocab_size=vocab_size,
-        snapshot_words=snapshot_words,
-    )
+    spec = small_spec(vocab_size=vocab_size, snapshot_words=snapshot_words)
     return repository.write_repository(
         tmp_path / "repository",
         spec,
@@ -172,14 +173,7 @@ def test_a_gpu_build_tolerates_fp16_canary_scores():
 
 
 def test_a_gpu_encoders_canary_needs_the_fp32_graph(tmp_path, snapshot_file):
-    spec = repository.RepositorySpec(
-        max_length=64,
-        hidden_size=32,
-        n_features=len(model_inputs.FEATURE_NAMES),
-        engine=Engine.PYTORCH,
-        precision="fp16",
-        device="cuda",
-    )
+    spec = small_spec(engine=Engine.PYTORCH, precision="fp16", device="cuda")
     with pytest.raises(ValueError, match="canary_encoder"):
         repository.write_repository(
             tmp_path / "repository",
@@ -199,13 +193,7 @@ def test_the_encoders_engine_decides_its_python_model_and_files(tmp_path, snapsh
     ir.write_bytes(b"xml placeholder")
     ir.with_suffix(".bin").write_bytes(b"weights placeholder")
     (tmp_path / "head.onnx").write_bytes(GRAPHS[contract.HEAD])
-    spec = repository.RepositorySpec(
-        max_length=64,
-        hidden_size=32,
-        n_features=len(model_inputs.FEATURE_NAMES),
-        engine=Engine.OPENVINO,
-        precision="bf16",
-    )
+    spec = small_spec(engine=Engine.OPENVINO, precision="bf16")
     out = repository.write_repository(
         tmp_path / "repository",
         spec,

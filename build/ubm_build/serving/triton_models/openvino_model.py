@@ -40,7 +40,6 @@ class OpenVinoSession:
         self.request = self.compiled.create_infer_request()
         self.queue = ov.AsyncInferQueue(self.compiled, streams) if streams > 1 else None
         self.output_names = [next(iter(o.get_names())) for o in self.compiled.outputs]
-        self.output_index = {name: i for i, name in enumerate(self.output_names)}
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs named (None: all) for `feeds`, copied out of OpenVINO's buffers."""
