@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -17,6 +18,7 @@ from ubm import contract
 from ubm.config import TlsConfig, channel_options
 from ubm.records import MAX_TS
 from ubm_build import data, export, options, paths, steps
+from ubm_build.bench import plan as plan_module
 from ubm_build.data.point_in_time import EventLog
 from ubm_build.export import tensorrt
 from ubm_build.model import train
@@ -274,6 +276,71 @@ def _moment(value: str) -> int:
             param_hint="--as-of",
         )
     return seconds
+
+
+@main.command("plan")
+@click.option(
+    "--qps",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="Target load, records per second.",
+)
+@click.option(
+    "--slo-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="p99 latency the load must stay within.",
+)
+@click.option(
+    "--capacity",
+    "capacity_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=paths.RESULTS / "capacity.json",
+    show_default=True,
+    help="A replica's measured capacity (make capacity).",
+)
+@click.option(
+    "--utilisation",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=plan_module.DEFAULT_UTILISATION,
+    show_default=True,
+    help="Share of a replica's capacity to load it with.",
+)
+@click.option(
+    "--core-hour-usd",
+    type=click.FloatRange(min=0),
+    default=plan_module.DEFAULT_CORE_HOUR_USD,
+    show_default=True,
+    help="Price of a core-hour, for the cost estimate.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(
+    qps: float,
+    slo_ms: float,
+    capacity_file: Path,
+    utilisation: float,
+    core_hour_usd: float,
+    as_json: bool,
+) -> None:
+    """Replicas and cores for a target load, from a measured per-replica capacity, with one
+    replica of headroom."""
+    try:
+        capacity = plan_module.Capacity.read(capacity_file)
+        result = plan_module.plan(
+            qps, slo_ms, capacity, utilisation=utilisation, core_hour_usd=core_hour_usd
+        )
+    except plan_module.PlanError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(
+        f"{result.qps:g} records/s at p99 <= {result.slo_ms:g} ms: {result.replicas} replicas"
+        f" ({result.replicas_for_load} for the load + 1 for a lost one), {result.cores} cores,"
+        f" about {result.usd_per_month:,.0f} USD a month"
+    )
+    for note in result.notes:
+        click.echo(f"  - {note}")
 
 
 @main.command("snapshot")
