@@ -49,6 +49,15 @@ def test_a_file_without_a_capacity_is_refused(tmp_path):
     path.write_text(json.dumps({"slo": {"ms": 100}}))
     with pytest.raises(plan.PlanError, match="no capacity measurement"):
         plan.Capacity.read(path)
+    with pytest.raises(plan.PlanError, match="records/s > 0"):
+        plan.Capacity.read(capacity_file(tmp_path, records_per_s=0))
+
+
+@pytest.mark.parametrize("qps", [float("inf"), float("nan"), 0])
+def test_a_load_that_is_no_number_of_records_is_refused(tmp_path, qps):
+    capacity = plan.Capacity.read(capacity_file(tmp_path))
+    with pytest.raises(plan.PlanError, match="finite qps"):
+        plan.plan(qps, 100, capacity)
 
 
 def test_the_command_prints_the_plan_and_its_assumptions(tmp_path):

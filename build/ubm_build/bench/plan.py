@@ -47,7 +47,7 @@ class Capacity:
         try:
             result = json.loads(path.read_text())
             capacity = result["capacity"]
-            return cls(
+            measured = cls(
                 records_per_s=float(capacity["records_per_s"]),
                 slo_ms=float(result["slo"]["ms"]),
                 slo_percentile=int(result["slo"]["percentile"]),
@@ -57,6 +57,9 @@ class Capacity:
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PlanError(f"{path} holds no capacity measurement ({e})") from e
+        if not (_positive(measured.records_per_s) and measured.cores >= 1):
+            raise PlanError(f"{path}: a capacity needs records/s > 0 and at least one core")
+        return measured
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,10 @@ def plan(
         PlanError: `slo_ms` is tighter than the SLO the capacity was measured at (measure
             again with that SLO), or the arguments are out of range.
     """
-    if qps <= 0 or not 0 < utilisation <= 1 or core_hour_usd < 0:
-        raise PlanError("need qps > 0, 0 < utilisation <= 1 and a price >= 0")
+    if not (_positive(qps) and _positive(slo_ms)) or not 0 < utilisation <= 1:
+        raise PlanError("need a finite qps > 0, slo_ms > 0 and 0 < utilisation <= 1")
+    if not (math.isfinite(core_hour_usd) and core_hour_usd >= 0):
+        raise PlanError("need a finite price >= 0")
     if slo_ms < capacity.slo_ms:
         raise PlanError(
             f"the capacity was measured at p{capacity.slo_percentile} <= {capacity.slo_ms:g} ms;"
@@ -131,3 +136,7 @@ def plan(
         usd_per_month=round(cores * core_hour_usd * HOURS_PER_MONTH, 2),
         notes=tuple(notes),
     )
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
