@@ -4,22 +4,28 @@
 #
 # Needs, beside the working tree: .gpu/model (python -m ubm_build.bench.gpu pack) and .whl/
 # (cp312 wheels of what the machine lacks: orjson, tritonclient, python-rapidjson).
-# Writes ${OUT:-results}/bench-gpu.json, and a copy in results/ (not on a dry run).
+# Writes ${OUT:-results}/bench-gpu.json, and a copy in results/; a dry run writes only
+# ${OUT:-.run/gpu-check-dry-run}/bench-gpu.json.
 #
 #   bash scripts/gpu_check.sh                          # on the GPU
-#   GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh     # dry run where CUDA is missing
+#   GPU_CHECK_DEVICE=cpu PYTHON=.venv/bin/python bash scripts/gpu_check.sh
+#                                                      # dry run here, with the project's venv
 #
 # GPU_CHECK_RECORDS (default 2048) sets the records each row scores on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device="${GPU_CHECK_DEVICE:-cuda}"
-out_dir="${OUT:-results}"
+if [ "$device" = cpu ]; then  # a dry run never replaces the GPU's results
+    out_dir="${OUT:-.run/gpu-check-dry-run}"
+else
+    out_dir="${OUT:-results}"
+fi
 python="${PYTHON:-python3}"
 export PYTHONPATH="build:sdk${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
 
-if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+if [ "$device" != cpu ] && [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
     site=/tmp/site
     if ! "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target "$site" .whl/*.whl 2>/tmp/pip-install.log; then
