@@ -101,14 +101,15 @@ def test_openvino_int8_quantises_the_matmuls_with_fixed_scales(encoders):
 
 
 def test_openvino_streams_run_slices_at_once_with_the_same_results(encoders, tiny_reader, examples):
+    from ubm_build.serving.triton_models.engine_model import run_in_slices
     from ubm_build.serving.triton_models.openvino_model import OpenVinoSession
 
     inputs = tiny_reader(events_of(examples["test"][:40]))
     feeds = {contract.INPUT_IDS: inputs.ids, contract.ATTENTION_MASK: inputs.mask}
     path = encoders[export.Variant.OPENVINO_INT8]
     one, two = (OpenVinoSession(path, streams=n) for n in (1, 2))
-    in_turn = one.run_slices([contract.EMBEDDING], feeds, 8)[0]
-    at_once = two.run_slices([contract.EMBEDDING], feeds, 8)[0]
+    in_turn = run_in_slices(one, [contract.EMBEDDING], feeds, 8)[0]
+    at_once = run_in_slices(two, [contract.EMBEDDING], feeds, 8)[0]
     assert in_turn.shape[0] == at_once.shape[0] == 40
     np.testing.assert_allclose(at_once, in_turn, atol=1e-6)  # bit-identical on our machine
 

@@ -35,19 +35,24 @@ def small_spec(**fields) -> repository.RepositorySpec:
 
 
 def write(
-    tmp_path: Path, snapshot_file: Path, vocab_size: int | None = None, snapshot_words: bool = False
+    tmp_path: Path,
+    snapshot_file: Path,
+    spec: repository.RepositorySpec | None = None,
+    encoder: Path | None = None,
+    **options,
 ) -> Path:
-    """`write_repository` with the packaged tokenizer, `snapshot_file` and placeholder graphs."""
+    """`write_repository` with the packaged tokenizer, `snapshot_file` and placeholder graphs:
+    `spec` (default: `small_spec`), `encoder` (default: a placeholder ``.onnx``), `options`."""
     for name, content in GRAPHS.items():
         (tmp_path / f"{name}.onnx").write_bytes(content)
-    spec = small_spec(vocab_size=vocab_size, snapshot_words=snapshot_words)
     return repository.write_repository(
         tmp_path / "repository",
-        spec,
+        spec or small_spec(),
         tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
         snapshot_file=snapshot_file,
-        encoder=tmp_path / f"{contract.ENCODER}.onnx",
+        encoder=encoder or tmp_path / f"{contract.ENCODER}.onnx",
         head_onnx=tmp_path / f"{contract.HEAD}.onnx",
+        **options,
     )
 
 
@@ -175,15 +180,7 @@ def test_a_gpu_build_tolerates_fp16_canary_scores():
 def test_a_gpu_encoders_canary_needs_the_fp32_graph(tmp_path, snapshot_file):
     spec = small_spec(engine=Engine.PYTORCH, precision="fp16", device="cuda")
     with pytest.raises(ValueError, match="canary_encoder"):
-        repository.write_repository(
-            tmp_path / "repository",
-            spec,
-            tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
-            snapshot_file=snapshot_file,
-            encoder=tmp_path,
-            head_onnx=tmp_path / "head.onnx",
-            canary_records=[{"id": "1", "events": []}],
-        )
+        write(tmp_path, snapshot_file, spec, tmp_path, canary_records=[{"id": "1", "events": []}])
     assert not (tmp_path / "repository").exists()
 
 
@@ -192,16 +189,7 @@ def test_the_encoders_engine_decides_its_python_model_and_files(tmp_path, snapsh
     ir = tmp_path / "encoder.xml"
     ir.write_bytes(b"xml placeholder")
     ir.with_suffix(".bin").write_bytes(b"weights placeholder")
-    (tmp_path / "head.onnx").write_bytes(GRAPHS[contract.HEAD])
-    spec = small_spec(engine=Engine.OPENVINO, precision="bf16")
-    out = repository.write_repository(
-        tmp_path / "repository",
-        spec,
-        tokenizer_json=DEFAULT_BASE_MODEL / "tokenizer.json",
-        snapshot_file=snapshot_file,
-        encoder=ir,
-        head_onnx=tmp_path / "head.onnx",
-    )
+    out = write(tmp_path, snapshot_file, small_spec(engine=Engine.OPENVINO, precision="bf16"), ir)
     encoder = out / contract.ENCODER / "1"
     served = repository.TRITON_MODELS
     assert (encoder / "model.py").read_text() == (served / "openvino_model.py").read_text()
@@ -269,7 +257,7 @@ def test_the_encoder_knows_the_vocabulary_and_the_length_limit():
     assert parameters[contract.PARAM_MAX_LENGTH]["string_value"] == "48"
 
 
-def test_the_cpu_target_needs_the_vocabulary_size():
+def test_the_python_target_needs_the_vocabulary_size():
     spec = repository.RepositorySpec(max_length=64, hidden_size=384, n_features=29)
     with pytest.raises(ValueError, match="vocab_size"):
         repository.model_configs(spec)
@@ -288,7 +276,7 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path, snapshot_
     with pytest.raises(
         ValueError, match=f"vocab_size 10 is smaller than the tokenizer's {VOCAB_SIZE}"
     ):
-        write(tmp_path, snapshot_file, vocab_size=10)
+        write(tmp_path, snapshot_file, small_spec(vocab_size=10))
     assert not (tmp_path / "repository").exists()
 
 
@@ -318,6 +306,29 @@ def test_running_in_slices_gives_the_same_outputs(rows_per_run, runs):
     (sliced,) = run_in_slices(session, [contract.EMBEDDING], feeds, rows_per_run)
     np.testing.assert_array_equal(sliced, [[6 * row + 1] for row in range(13)])  # 3r + 3r+1
     assert session.runs == runs
+
+
+class SlicesAtOnceSession(RowSumSession):
+    """Like OpenVINO's session with streams: takes every slice of a batch in one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def run_many(self, outputs: list[str], feeds: list[dict]) -> list[list[np.ndarray]]:
+        self.calls.append(len(feeds))
+        return [self.run(outputs, feed) for feed in feeds]
+
+
+def test_a_session_that_runs_slices_at_once_gets_them_all_in_one_call():
+    ids = np.arange(13 * 3).reshape(13, 3)
+    feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: np.ones_like(ids)}
+    session = SlicesAtOnceSession()
+    (sliced,) = run_in_slices(session, [contract.EMBEDDING], feeds, 4)
+    np.testing.assert_array_equal(sliced[:, 0], ids.sum(axis=1))
+    assert session.calls == [4] and session.runs == [4, 4, 4, 1]
+    run_in_slices(session, [contract.EMBEDDING], feeds, 0)  # one run: no slices to hand over
+    assert session.calls == [4]
 
 
 def test_each_write_adds_a_version_pins_it_and_keeps_the_newest_three(tmp_path, snapshot_file):
@@ -354,7 +365,7 @@ def test_the_build_record_holds_the_configs_and_metadata_of_its_version(tmp_path
 def test_preprocess_is_told_whether_the_text_has_snapshot_words(
     tmp_path, snapshot_file, snapshot_words
 ):
-    out = write(tmp_path, snapshot_file, snapshot_words=snapshot_words)
+    out = write(tmp_path, snapshot_file, small_spec(snapshot_words=snapshot_words))
     config = versions.read_config(out / contract.PREPROCESS / "config.pbtxt")
     value = config.parameters[contract.PARAM_SNAPSHOT_WORDS].string_value
     assert value == str(int(snapshot_words))
@@ -363,7 +374,7 @@ def test_preprocess_is_told_whether_the_text_has_snapshot_words(
 def test_a_refreshed_snapshot_is_a_new_pinned_version_of_the_same_build(
     tmp_path, snapshot_file, small_snapshot
 ):
-    out = write(tmp_path, snapshot_file, snapshot_words=True)
+    out = write(tmp_path, snapshot_file, small_spec(snapshot_words=True))
     old = versions.Build.read(out, 1)
     later = snapshot.Snapshot.empty(small_snapshot.as_of + 86400)
 

@@ -45,7 +45,7 @@ from ubm import contract
 from ubm.records import Record
 from ubm_build import data, options, paths
 from ubm_build.bench import report
-from ubm_build.bench.rows import Row, describe, in_rounds, summarise_batches
+from ubm_build.bench.rows import Row, describe, in_rounds, summarise_batches, time_calls
 from ubm_build.bench.workload import Batch, batches_of, sample_records
 from ubm_build.inputs.model_inputs import RecordReader
 from ubm_build.model.network import BehaviourModel, Head, ModelSpec, load_reader
@@ -94,7 +94,7 @@ class Parity:
 
 
 class Bench:
-    """The model's reader and head, the device, and the timing of calls on it."""
+    """The model's reader and head, and the device the rows run on."""
 
     def __init__(self, model_dir: Path, device: str) -> None:
         spec = ModelSpec(**json.loads((model_dir / "ubm_model.json").read_text()))
@@ -112,22 +112,6 @@ class Bench:
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-
-    def time_calls(
-        self, batches: Sequence, score: Callable[[object], object]
-    ) -> tuple[list[float], float]:
-        """`score` on each batch after one untimed warm-up call, each timed to the device's
-        end: each call's seconds, and all's."""
-        score(batches[0])
-        self.synchronize()
-        latencies = []
-        started = time.perf_counter()
-        for batch in batches:
-            t = time.perf_counter()
-            score(batch)
-            self.synchronize()
-            latencies.append(time.perf_counter() - t)
-        return latencies, time.perf_counter() - started
 
     @torch.inference_mode()
     def probabilities(self, embedding: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -148,7 +132,7 @@ def full_row(bench: Bench, form: Form, session: Session, batches: Sequence[Batch
         ids, mask, features, _ = bench.reader([record.events for record in batch])
         return bench.probabilities(embed(session, ids, mask), features)
 
-    latencies, seconds = bench.time_calls(batches, score)
+    latencies, seconds = time_calls(batches, score, bench.synchronize)
     name = f"{form.name}_b{len(batches[0])}"
     description = f"{form.description}; text, features, tokens and head per batch"
     return summarise_batches(name, description, "batch", batches, latencies, seconds)
@@ -158,7 +142,7 @@ def encoder_row(
     bench: Bench, form: Form, session: Session, tokens: Sequence[tuple[np.ndarray, np.ndarray]]
 ) -> Row:
     """The encoder alone on pre-tokenized batches."""
-    latencies, seconds = bench.time_calls(tokens, lambda t: embed(session, *t))
+    latencies, seconds = time_calls(tokens, lambda t: embed(session, *t), bench.synchronize)
     name = f"encoder_only_{form.name.removeprefix('pytorch_')}_b{len(tokens[0][0])}"
     description = f"{form.description}; encoder only, pre-tokenized (no text, features, head)"
     ids_batches = [ids for ids, _ in tokens]

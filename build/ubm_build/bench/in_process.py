@@ -8,8 +8,7 @@ the requests sent to the server. A warm-up call before each row is not timed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from transformers import BertConfig, BertModel
 from ubm import contract
 from ubm.records import Record
 from ubm_build import export
-from ubm_build.bench.rows import Row, summarise, summarise_batches
+from ubm_build.bench.rows import Row, summarise, summarise_batches, time_calls
 from ubm_build.bench.workload import Batch
 from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
 from ubm_build.model.network import BehaviourModel
@@ -46,20 +45,6 @@ class InProcess:
     def inputs(self, batch: Batch) -> ModelInputs:
         """What ``preprocess`` hands the encoder and head for `batch`."""
         return self.reader([record.events for record in batch])
-
-
-def time_calls(
-    batches: Sequence[Batch], score: Callable[[Batch], object]
-) -> tuple[list[float], float]:
-    """`score` on each batch after one untimed warm-up call: each call's seconds, and all's."""
-    score(batches[0])
-    latencies = []
-    started = time.perf_counter()
-    for batch in batches:
-        t = time.perf_counter()
-        score(batch)
-        latencies.append(time.perf_counter() - t)
-    return latencies, time.perf_counter() - started
 
 
 class SeedsWayModel(nn.Module):

@@ -4,8 +4,10 @@ median, ratios, the latency target, a one-line description."""
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,23 @@ class Row:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def time_calls(
+    calls: Sequence[Any], score: Callable[[Any], object], sync: Callable[[], None] = lambda: None
+) -> tuple[list[float], float]:
+    """`score` on each of `calls` after one untimed warm-up call, each timed until `sync`
+    returns (a GPU's work ends there): each call's seconds, and all's."""
+    score(calls[0])
+    sync()
+    latencies = []
+    started = time.perf_counter()
+    for call in calls:
+        t = time.perf_counter()
+        score(call)
+        sync()
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.perf_counter() - started
 
 
 def summarise(

@@ -591,22 +591,23 @@ def served_variant(repository_dir: Path, onnx_dir: Path) -> str | None:
     directory = versions.version_dir(repository_dir, contract.ENCODER)
     config_path = repository_dir / contract.ENCODER / "config.pbtxt"
     parameters = read_config(config_path).parameters if config_path.is_file() else {}
-    precision = (
-        parameters[contract.PARAM_PRECISION].string_value
-        if (contract.PARAM_PRECISION in parameters)
-        else "f32"
-    )
+    precision = "f32"
+    if contract.PARAM_PRECISION in parameters:
+        precision = parameters[contract.PARAM_PRECISION].string_value
     contents: dict[Engine, bytes | None] = {}
     for variant in export.Variant:
         served = directory / ENCODER_FILES[variant.engine]
         exported = onnx_dir / variant.file_name
         if variant.engine not in contents:
             contents[variant.engine] = served.read_bytes() if served.is_file() else None
-        if contents[variant.engine] is None or not exported.is_file():
+        served_bytes = contents[variant.engine]
+        if served_bytes is None or not exported.is_file():
+            continue
+        if exported.stat().st_size != len(served_bytes):  # most candidates end here, unread
             continue
         if variant.engine is Engine.OPENVINO and variant.precision != precision:
             continue
-        if exported.read_bytes() == contents[variant.engine]:
+        if exported.read_bytes() == served_bytes:
             return variant.value
     return None
 

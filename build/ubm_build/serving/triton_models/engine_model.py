@@ -78,17 +78,18 @@ def stack(arrays: list[np.ndarray]) -> np.ndarray:
 def run_in_slices(
     session: Session, outputs: list[str], feeds: dict, rows_per_run: int
 ) -> list[np.ndarray]:
-    """`session.run` over `feeds` in slices of `rows_per_run` records (0: one run); a session
-    that runs slices itself (OpenVINO's, several at once) is handed them all."""
-    if hasattr(session, "run_slices"):
-        return session.run_slices(outputs, feeds, rows_per_run)
+    """`session.run` over `feeds` in slices of `rows_per_run` records (0: one run). A session
+    with ``run_many`` (OpenVINO's, which runs several slices at once on its streams) is handed
+    all the slices in one call."""
     n = len(next(iter(feeds.values())))
     if rows_per_run <= 0 or n <= rows_per_run:
         return session.run(outputs, feeds)
-    parts = [
-        session.run(outputs, {k: v[start : start + rows_per_run] for k, v in feeds.items()})
+    slices = [
+        {k: v[start : start + rows_per_run] for k, v in feeds.items()}
         for start in range(0, n, rows_per_run)
     ]
+    run_many = getattr(session, "run_many", None)
+    parts = run_many(outputs, slices) if run_many else [session.run(outputs, f) for f in slices]
     return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
 

@@ -47,30 +47,22 @@ class OpenVinoSession:
         by_name = {name: results[self.compiled.output(name)] for name in self.output_names}
         return [np.array(by_name[name]) for name in output_names or self.output_names]
 
-    def run_slices(
-        self, output_names: list[str], feeds: dict[str, np.ndarray], rows_per_run: int
-    ) -> list[np.ndarray]:
-        """`run` over `feeds` in slices of `rows_per_run` records, as many at once as there
-        are streams; the outputs in order."""
-        n = len(next(iter(feeds.values())))
-        starts = range(0, n, rows_per_run) if rows_per_run > 0 else range(0, n, n)
-        if self.queue is None or len(starts) == 1:
-            parts = [self.run(output_names, _rows(feeds, s, rows_per_run or n)) for s in starts]
-        else:
-            parts: list = [None] * len(starts)
+    def run_many(
+        self, output_names: list[str], feeds: list[dict[str, np.ndarray]]
+    ) -> list[list[np.ndarray]]:
+        """`run` of each feed in `feeds`, as many at once as there are streams; in order."""
+        if self.queue is None:
+            return [self.run(output_names, feed) for feed in feeds]
+        parts: list = [None] * len(feeds)
 
-            def done(request: ov.InferRequest, index: int) -> None:
-                parts[index] = [np.array(request.get_tensor(name).data) for name in output_names]
+        def done(request: ov.InferRequest, index: int) -> None:
+            parts[index] = [np.array(request.get_tensor(name).data) for name in output_names]
 
-            self.queue.set_callback(done)
-            for index, start in enumerate(starts):
-                self.queue.start_async(_rows(feeds, start, rows_per_run), index)
-            self.queue.wait_all()
-        return [np.concatenate(column) for column in zip(*parts, strict=True)]
-
-
-def _rows(feeds: dict[str, np.ndarray], start: int, count: int) -> dict[str, np.ndarray]:
-    return {name: value[start : start + count] for name, value in feeds.items()}
+        self.queue.set_callback(done)
+        for index, feed in enumerate(feeds):
+            self.queue.start_async(feed, index)
+        self.queue.wait_all()
+        return parts
 
 
 class TritonPythonModel(EngineModel):
