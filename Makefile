@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 REPOSITORY ?= model_repository
 RUN_DIR ?= .run
+KSERVE_VERSION := 0.16.0
 export UBM_GRPC_PORT ?= 8001
 export UBM_HTTP_PORT ?= 8000
 export UBM_METRICS_PORT ?= 8002
@@ -20,6 +21,7 @@ $(BIN)/.installed: sdk/pyproject.toml build/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e ./sdk -e ./build
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/wheels kserve==$(KSERVE_VERSION)
 	touch $@
 
 install: $(BIN)/.installed ## create .venv with the SDK, the build tooling and the test tools

@@ -9,13 +9,15 @@ Each package may import only from the packages above it in this list (and from t
     export     the encoder for each engine (ONNX Runtime, OpenVINO, TensorRT) and precision,
                parity, ROC-AUC and batch-dependence checks
     serving    the Triton model repository, its python-backend models, the local tritonserver
+               and `ubm-serve` (its commands, which the CPU image runs)
     bench      measurements: in process and served, tuning, perf_analyzer, capacity helpers
+    deploy     the Kubernetes manifests under deploy/ rendered and validated (`make deploy-check`)
     steps      the build steps that `ubm-build` runs, each reading and writing files
     cli        the `ubm-build` command
 
 The python-backend models (`serving/triton_models`) import nothing of ubm_build but each other,
 so any layer may run them in process: the checks and benchmarks run what the server runs.
 
-Only the command modules (`cli`, and the `python -m` entry points in `bench`) raise click
+Only the command modules (`cli`, `serving/cli`, and the `python -m` entry points) raise click
 exceptions; library functions raise their own errors.
 """

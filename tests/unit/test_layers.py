@@ -20,6 +20,7 @@ LAYERS = (
     "export",
     "serving",
     "bench",
+    "deploy",
     "steps",
     "cli",
 )
@@ -27,6 +28,7 @@ LAYERS = (
 CLICK_USERS = {
     "options.py",
     "cli.py",
+    "serving/cli.py",
     "bench/commands.py",
     "bench/benchmark.py",
     "bench/tune.py",
