@@ -154,3 +154,22 @@ perf-analyzer-deps: $(BIN)/.installed
 		|| echo "could not install libb64-0d: perf_analyzer will not run"
 	@$(BIN)/python -c 'import nvidia.cuda_runtime' 2>/dev/null \
 		|| $(BIN)/pip install --quiet "$$(grep -E '^nvidia-cuda-runtime-cu12==' requirements-dev.txt)"
+
+# Deployment (README, Deploying at scale). `make deploy-check` renders the Helm chart with its
+# default and deploy/helm/ubm/ci/*-values.yaml values (DEPLOY_VALUES=my.yaml adds yours) and
+# validates every manifest, KServe's included; `make test` runs the same checks. The images build
+# with podman or docker where their base images can be pulled: MODEL_REPOSITORY=model_repository
+# bakes the repository in (else mount one at /models).
+CONTAINER_TOOL ?= $(shell command -v podman || command -v docker)
+IMAGE_TAG ?= 0.1.0
+IMAGE_ARGS = $(if $(MODEL_REPOSITORY),--build-arg MODEL_REPOSITORY=$(MODEL_REPOSITORY))
+DEPLOY_VALUES ?=
+.PHONY: deploy-check image-cpu image-gpu
+deploy-check: $(BIN)/.installed ## render the Helm chart and validate every manifest (Kubernetes, KServe)
+	$(BIN)/python -m ubm_build.deploy $(foreach v,$(DEPLOY_VALUES),--values $(v))
+
+image-cpu: ## build the ubm-cpu image (deploy/images/Dockerfile.cpu) with podman or docker
+	$(CONTAINER_TOOL) build -f deploy/images/Dockerfile.cpu $(IMAGE_ARGS) -t ubm-cpu:$(IMAGE_TAG) .
+
+image-gpu: ## build the ubm-gpu image on NVIDIA's Triton 24.10 (deploy/images/Dockerfile.gpu)
+	$(CONTAINER_TOOL) build -f deploy/images/Dockerfile.gpu $(IMAGE_ARGS) -t ubm-gpu:$(IMAGE_TAG) .
