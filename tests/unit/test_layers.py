@@ -29,6 +29,7 @@ CLICK_USERS = {
     "options.py",
     "cli.py",
     "serving/cli.py",
+    "deploy/__main__.py",
     "bench/commands.py",
     "bench/benchmark.py",
     "bench/tune.py",
