@@ -102,3 +102,13 @@ def test_a_missing_certificate_file_is_named(tmp_path):
 
 def test_ports_default_to_the_contract(tmp_path):
     assert build_settings(required(tmp_path), environ={}).ports == Ports()
+
+
+@pytest.mark.parametrize("value", ["", "x", "0", "70000", "80 01"])
+def test_a_port_variable_that_is_not_a_port_is_refused_by_name(value):
+    with pytest.raises(SettingsError, match=f"UBM_HTTP_PORT={value!r} is not a port number"):
+        Ports.from_env({"UBM_HTTP_PORT": value})
+
+
+def test_unset_port_variables_take_the_defaults():
+    assert Ports.from_env({"UBM_GRPC_PORT": "9001"}) == Ports(grpc=9001)

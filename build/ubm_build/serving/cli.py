@@ -149,7 +149,11 @@ def health_command(live: bool, host: str, timeout: float) -> None:
     The container health check and, with TLS (whose HTTP port listens on loopback only), the
     Kubernetes probes.
     """
-    url = f"http://{host}:{server.Ports.from_env().http}/v2/health/{'live' if live else 'ready'}"
+    try:
+        port = server.Ports.from_env().http
+    except settings_module.SettingsError as e:
+        raise click.UsageError(str(e)) from e
+    url = f"http://{host}:{port}/v2/health/{'live' if live else 'ready'}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             healthy = response.status == 200

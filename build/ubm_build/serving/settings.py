@@ -54,13 +54,24 @@ class Ports:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
-        """Ports from UBM_GRPC_PORT, UBM_HTTP_PORT, UBM_METRICS_PORT (default 8001/8000/8002)."""
+        """Ports from UBM_GRPC_PORT, UBM_HTTP_PORT, UBM_METRICS_PORT (default 8001/8000/8002).
+
+        Raises:
+            SettingsError: a variable is set but not a port number (1 to 65535).
+        """
         environ = os.environ if environ is None else environ
-        return cls(
-            grpc=int(environ.get("UBM_GRPC_PORT", contract.DEFAULT_GRPC_PORT)),
-            http=int(environ.get("UBM_HTTP_PORT", contract.DEFAULT_HTTP_PORT)),
-            metrics=int(environ.get("UBM_METRICS_PORT", contract.DEFAULT_METRICS_PORT)),
-        )
+        defaults = cls()
+        ports = {}
+        for name in ("grpc", "http", "metrics"):
+            variable = f"UBM_{name.upper()}_PORT"
+            text = environ.get(variable)
+            if text is None:
+                ports[name] = getattr(defaults, name)
+                continue
+            if not (text.strip().isdigit() and 1 <= int(text) <= 65535):
+                raise SettingsError(f"{variable}={text!r} is not a port number (1 to 65535)")
+            ports[name] = int(text)
+        return cls(**ports)
 
 
 def free_port() -> int:
