@@ -5,11 +5,16 @@ every request carries ``--batch-size`` real Taobao sessions drawn at random from
 ``--records-file``. Every call is reported to Locust's statistics as request type ``grpc``, so
 the web UI, headless mode, ``--csv`` and ``--html`` all see it.
 
-``--host`` is the server's gRPC address, ``host:port`` (no scheme)::
+``--host`` is what the SDK's ``url`` takes: the server's gRPC address ``host:port`` (no
+``http://``), several replicas' separated by commas (each user's client goes round robin over
+them, skipping one that fails), or gRPC's ``dns:[//DNS_SERVER/]NAME:PORT``, whose channel spreads
+the calls over every address of the name (a Kubernetes headless Service)::
 
     locust -f loadtest/locustfile.py --host 127.0.0.1:8001                       # web UI
     locust -f loadtest/locustfile.py --host 127.0.0.1:8001 --headless -u 4 -r 4 -t 30s
     locust -f loadtest/locustfile.py,loadtest/shape_spike.py --host 127.0.0.1:8001 --headless
+    locust -f loadtest/locustfile.py --host 10.0.0.5:8001,10.0.0.6:8001 --headless
+    locust -f loadtest/locustfile.py --host dns:///ubm-headless.ml.svc:8001 --headless
 
 A request that the server's queue bound turned away (full queue, or too long a wait in it; see
 `refusals.py`) is reported as request type ``refused``, named after its reason, and is no
@@ -56,6 +61,7 @@ from thresholds import (  # noqa: E402
 )
 
 from ubm import UbmClient  # noqa: E402
+from ubm._endpoints import parse_urls  # noqa: E402
 from ubm.config import DEFAULT_BACKOFF_S, DEFAULT_RETRY_DEADLINE_S  # noqa: E402
 
 REQUEST_TYPE = "grpc"
@@ -174,8 +180,10 @@ class UbmUser(User):
         super().__init__(environment)
         if not self.host:
             raise LocustError("set the server's gRPC address with --host HOST:PORT")
-        if "://" in self.host:
-            raise LocustError(f"--host is a gRPC address HOST:PORT, not a URL: {self.host}")
+        try:
+            parse_urls(self.host)
+        except ValueError as e:
+            raise LocustError(f"--host: {e}") from e
         options = environment.parsed_options
         settings = ("batch_size", "records_file", "embedding", "request_timeout", "retry_deadline")
         for name in settings:
@@ -222,10 +230,21 @@ class UbmUser(User):
             response_length=response_bytes(scores),
             response=scores,
             context={"records": len(records), "refused": refused},
-            exception=None if refused else exception,
+            exception=None if refused else without_frames(exception),
             start_time=start_time,
         )
-        # The error's traceback holds this frame, which holds the error: a cycle that only the
-        # garbage collector frees, at the latest when Python exits, where closing the gRPC
-        # channels it keeps alive hangs under gevent. Broken here.
-        del exception
+
+
+def without_frames(error: Exception | None) -> Exception | None:
+    """``error`` stripped of its traceback and the errors it was raised from.
+
+    Locust keeps the first exception of each kind of failure in its statistics until the
+    process exits. Its traceback holds the frames of the call, and so the user's `UbmClient`:
+    gRPC channels that Python then closes while it exits, which can hang under gevent (seen
+    when a replica is killed under load, tests/integration/test_replicas.py). Locust reports
+    only the error's repr, which this leaves as it is.
+    """
+    if error is not None:
+        error.__traceback__ = error.__cause__ = error.__context__ = None
+        error.__suppress_context__ = True
+    return error

@@ -4,6 +4,9 @@ An endpoint that could not be reached, or that stopped serving the model (a grac
 a rollout), is skipped for a cool-down, then tried again. When every endpoint is cooling down,
 the one that failed first is used, so a client with a single endpoint behaves as if there were
 no cool-down. No I/O: the clients make the calls.
+
+One endpoint may itself be several servers: a ``dns:`` target (`parse_urls`) is one channel that
+gRPC balances over every address of the name, and that skips a dead one on its own.
 """
 
 from __future__ import annotations
@@ -20,28 +23,73 @@ from ubm._base import is_retryable
 
 _C = TypeVar("_C")
 
+DNS_SCHEME = "dns:"
+"""gRPC's DNS target, ``dns:[//DNS_SERVER/]NAME:PORT``: the channel itself spreads its calls
+over every address the name resolves to (see `ubm.config.LB_POLICY`). ``DNS_SERVER`` needs
+grpcio's default resolver, c-ares: ``GRPC_DNS_RESOLVER=native`` ignores it."""
+_OTHER_GRPC_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
 
 def parse_urls(url: str) -> list[str]:
-    """Split ``"host:port"`` or ``"a:8001,[::1]:8001"`` into addresses, each checked.
+    """Split ``"host:port"``, ``"a:8001,[::1]:8001"`` or ``"dns:///ubm-headless:8001"`` into
+    gRPC targets, each checked.
+
+    Each target is ``HOST:PORT``, ``[IPV6]:PORT``, or gRPC's DNS target
+    ``dns:[//DNS_SERVER[:PORT]/]NAME:PORT``, whose channel connects to every address the name
+    resolves to, e.g. each pod of a Kubernetes headless Service (``DNS_SERVER`` asks that
+    server instead of the system's resolver). Several targets are used in turn by
+    `EndpointPool`.
 
     Raises:
-        ValueError: an address is empty, has no host, or no port from 1 to 65535.
+        ValueError: a target is empty, a URL, has no host, or no port from 1 to 65535.
     """
     urls = [part.strip() for part in url.split(",")]
-    for address in urls:
-        _check_address(address)
+    for target in urls:
+        _check_target(target)
     return urls
 
 
-def _check_address(address: str) -> None:
+def _check_target(target: str) -> None:
+    if target.startswith(DNS_SCHEME):
+        _check_dns_target(target)
+    elif target.startswith(_OTHER_GRPC_SCHEMES):
+        raise ValueError(
+            f"of gRPC's target schemes only dns: is supported, got {target!r}; list several"
+            " addresses as HOST:PORT,HOST:PORT"
+        )
+    elif "://" in target:
+        raise ValueError(
+            f"expected a gRPC target HOST:PORT or dns:[//DNS_SERVER/]NAME:PORT, not a URL;"
+            f" got {target!r}"
+        )
+    else:
+        _check_address(target, target)
+
+
+def _check_dns_target(target: str) -> None:
+    name = target.removeprefix(DNS_SCHEME)
+    if name.startswith("//"):
+        server, sep, name = name[2:].partition("/")
+        if not sep:
+            raise ValueError(f"expected dns://DNS_SERVER/NAME:PORT, got {target!r}")
+        # The DNS server's port may be left out (53).
+        if server and (server.endswith("]") or ":" not in server):
+            _check_address(f"{server}:53", target)
+        elif server:
+            _check_address(server, target)
+    # gRPC's default port for a DNS name is 443, which is not Triton's: required here.
+    _check_address(name, target)
+
+
+def _check_address(address: str, target: str) -> None:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or host in ("[", "[]"):
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    if not sep or not host or host in ("[", "[]") or "/" in host:
+        raise ValueError(f"expected HOST:PORT or dns:[//DNS_SERVER/]NAME:PORT, got {target!r}")
     bracketed = host.startswith("[") and host.endswith("]")
     if not bracketed and any(c in host for c in ":[]"):
-        raise ValueError(f"an IPv6 host goes in brackets, as in [::1]:8001; got {address!r}")
+        raise ValueError(f"an IPv6 host goes in brackets, as in [::1]:8001; got {target!r}")
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"the port must be a number from 1 to 65535, got {address!r}")
+        raise ValueError(f"the port must be a number from 1 to 65535, got {target!r}")
 
 
 @dataclass

@@ -143,8 +143,9 @@ def connection_options(command: Callable[..., None]) -> Callable[..., None]:
             default=contract.DEFAULT_URL,
             show_default=True,
             callback=_check_url,
-            metavar="HOST:PORT[,HOST:PORT...]",
-            help="Triton's gRPC address; several are used round robin, skipping failed ones.",
+            metavar="HOST:PORT[,HOST:PORT...]|dns:[//DNS/]NAME:PORT",
+            help="Triton's gRPC address; several are used round robin, skipping failed ones."
+            " A dns: name's addresses (a headless Service) are balanced by gRPC itself.",
         ),
         click.option(
             "--tls", is_flag=True, help="Use TLS, trusting the system's root certificates."

@@ -23,6 +23,16 @@ DEFAULT_MAX_IN_FLIGHT = 4
 MAX_RECONNECT_BACKOFF_MS = 1000
 """gRPC backs off up to 120 s between reconnection attempts by default; capped so that a
 restarted server is found again within about a second."""
+LB_POLICY = "round_robin"
+"""gRPC's load-balancing policy for every channel, whatever its target.
+
+gRPC resolves each target into a list of addresses: a ``dns:`` target, but also a plain
+``NAME:PORT``, whose default scheme is DNS, yields one per pod of a Kubernetes headless Service.
+gRPC's default policy, pick_first, sends every call to the first address that connects;
+round_robin connects to all of them, spreads the calls over those that are ready and leaves out
+a failed one until it has reconnected (within `MAX_RECONNECT_BACKOFF_MS`). With one address,
+the usual case, the two behave alike, so it is the default rather than a per-target switch;
+the cost is one connection per address instead of one per channel."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +65,7 @@ def channel_options(tls: TlsConfig | None) -> dict[str, Any]:
 
     Returns:
         ``ssl`` and the certificate paths, plus tritonclient's default channel arguments with a
-        short reconnection backoff.
+        short reconnection backoff and the `LB_POLICY`.
     """
     keepalive = KeepAliveOptions()
     options: dict[str, Any] = {
@@ -67,6 +77,7 @@ def channel_options(tls: TlsConfig | None) -> dict[str, Any]:
             ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
             ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+            ("grpc.lb_policy_name", LB_POLICY),
         ]
     }
     if tls is not None:

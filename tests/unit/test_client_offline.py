@@ -37,6 +37,8 @@ from ubm import (
     parse_record,
 )
 from ubm._base import RetryPolicy
+from ubm._endpoints import parse_urls
+from ubm.config import channel_options
 from ubm.exceptions import from_triton_error
 
 HIDDEN = 4
@@ -566,3 +568,27 @@ def test_a_request_that_outwaited_its_timeout_in_a_server_queue_is_not_retried()
         "in ensemble 'ubm', Request timeout expired", status="StatusCode.UNAVAILABLE"
     )
     assert policy.next_delay_s(expired, 0, elapsed_s=0, model_was_served=True) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["a:1,dns:///ubm-headless.ml.svc:8001", "dns://10.0.0.10/b:2", "dns://[::1]:53/c:3,dns:d:4"],
+)
+def test_dns_targets_are_accepted_and_balanced_round_robin(url):
+    assert parse_urls(url) == url.split(",")
+    assert ("grpc.lb_policy_name", "round_robin") in channel_options(None)["channel_args"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("dns:///ubm-headless:", "port"),  # gRPC would default to 443
+        ("dns:///ubm-headless", "HOST:PORT"),
+        ("dns://10.0.0.10", "DNS_SERVER/NAME:PORT"),
+        ("ipv4:127.0.0.1:1,127.0.0.2:1", "only dns:"),
+        ("http://a:1", "not a URL"),
+    ],
+)
+def test_malformed_targets_are_refused(url, message):
+    with pytest.raises(ValueError, match=message):
+        parse_urls(url)
