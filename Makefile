@@ -71,7 +71,7 @@ demo: model ## build the quick model, serve it, score examples/sessions.jsonl, s
 	echo "first scored records ($(RUN_DIR)/demo_scores.jsonl):"; head -n 5 $(RUN_DIR)/demo_scores.jsonl; \
 	$(BIN)/ubm-build stop --run-dir $(RUN_DIR); exit $$status
 
-test: $(BIN)/.installed ## unit and integration tests (starts real tritonservers)
+test: $(BIN)/.installed container-tools ## unit and integration tests (starts real tritonservers)
 	$(BIN)/ruff check sdk build tests loadtest
 	$(BIN)/pytest
 
@@ -164,7 +164,7 @@ CONTAINER_TOOL ?= $(shell command -v podman || command -v docker)
 IMAGE_TAG ?= 0.1.0
 IMAGE_ARGS = $(if $(MODEL_REPOSITORY),--build-arg MODEL_REPOSITORY=$(MODEL_REPOSITORY))
 DEPLOY_VALUES ?=
-.PHONY: deploy-check image-cpu image-gpu
+.PHONY: deploy-check image-cpu image-gpu image-check container-tools replica-figures
 deploy-check: $(BIN)/.installed ## render the Helm chart and validate every manifest (Kubernetes, KServe)
 	$(BIN)/python -m ubm_build.deploy $(foreach v,$(DEPLOY_VALUES),--values $(v))
 
@@ -173,3 +173,17 @@ image-cpu: ## build the ubm-cpu image (deploy/images/Dockerfile.cpu) with podman
 
 image-gpu: ## build the ubm-gpu image on NVIDIA's Triton 24.10 (deploy/images/Dockerfile.gpu)
 	$(CONTAINER_TOOL) build -f deploy/images/Dockerfile.gpu $(IMAGE_ARGS) -t ubm-gpu:$(IMAGE_TAG) .
+
+replica-figures: $(BIN)/.installed ## three replicas on loopback, one killed mid-run -> results/replicas.json
+	UBM_REPLICA_FIGURES=results/replicas.json $(BIN)/pytest tests/integration/test_replicas.py -q -s
+
+image-check: $(MODEL_READY) container-tools ## build the CPU image, serve the repository from it, score through it
+	bash scripts/image_check.sh
+
+# tests/integration/test_image.py builds and runs the CPU image with podman, buildah and
+# debootstrap: installed with apt where we may; where they cannot be, that test skips and says why.
+container-tools:
+	@command -v podman >/dev/null && command -v buildah >/dev/null && command -v debootstrap >/dev/null \
+		|| apt-get install -y -qq podman buildah debootstrap >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq podman buildah debootstrap >/dev/null 2>&1; } \
+		|| echo "could not install podman, buildah and debootstrap: the image test will skip"
