@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -307,6 +308,23 @@ def _moment(value: str) -> int:
     show_default=True,
     help="Price of a core-hour, for the cost estimate.",
 )
+@click.option(
+    "--gpu-hour-usd",
+    type=click.FloatRange(min=0),
+    default=plan_module.DEFAULT_GPU_HOUR_USD,
+    show_default=True,
+    help="Price of a GPU-hour, for the cost estimate.",
+)
+@click.option(
+    "--cores-per-replica",
+    type=click.IntRange(min=1),
+    help="Cores of the measured replica  [default: the capacity file's machine].",
+)
+@click.option(
+    "--gpus-per-replica",
+    type=click.IntRange(min=0),
+    help="GPUs of the measured replica  [default: the capacity file's machine, else 0].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(
     qps: float,
@@ -314,14 +332,27 @@ def plan_command(
     capacity_file: Path,
     utilisation: float,
     core_hour_usd: float,
+    gpu_hour_usd: float,
+    cores_per_replica: int | None,
+    gpus_per_replica: int | None,
     as_json: bool,
 ) -> None:
-    """Replicas and cores for a target load, from a measured per-replica capacity, with one
-    replica of headroom."""
+    """Replicas, cores and GPUs for a target load, from a measured per-replica capacity, with
+    one replica of headroom."""
     try:
         capacity = plan_module.Capacity.read(capacity_file)
+        capacity = dataclasses.replace(
+            capacity,
+            cores=cores_per_replica or capacity.cores,
+            gpus=capacity.gpus if gpus_per_replica is None else gpus_per_replica,
+        )
         result = plan_module.plan(
-            qps, slo_ms, capacity, utilisation=utilisation, core_hour_usd=core_hour_usd
+            qps,
+            slo_ms,
+            capacity,
+            utilisation=utilisation,
+            core_hour_usd=core_hour_usd,
+            gpu_hour_usd=gpu_hour_usd,
         )
     except plan_module.PlanError as e:
         raise click.ClickException(str(e)) from e
@@ -331,7 +362,8 @@ def plan_command(
     click.echo(
         f"{result.qps:g} records/s at p99 <= {result.slo_ms:g} ms: {result.replicas} replicas"
         f" ({result.replicas_for_load} for the load + 1 for a lost one), {result.cores} cores,"
-        f" about {result.usd_per_month:,.0f} USD a month"
+        + (f" {result.gpus} GPUs," if result.gpus else "")
+        + f" about {result.usd_per_month:,.0f} USD a month"
     )
     for note in result.notes:
         click.echo(f"  - {note}")

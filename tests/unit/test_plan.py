@@ -72,3 +72,17 @@ def test_the_command_prints_the_plan_and_its_assumptions(tmp_path):
     tighter = ["plan", "--qps", "10000", "--slo-ms", "20", "--capacity", str(path)]
     refused = CliRunner().invoke(cli.main, tighter)
     assert refused.exit_code == 1 and "SLO_MS=20" in refused.output
+
+
+def test_gpu_replicas_count_their_gpus_and_gpu_hours(tmp_path):
+    path = capacity_file(tmp_path, records_per_s=2000.0, cores=8)
+    args = ["plan", "--qps", "10000", "--slo-ms", "100", "--capacity", str(path)]
+    gpu = [*args, "--gpus-per-replica", "1", "--gpu-hour-usd", "2", "--core-hour-usd", "0.05"]
+    result = json.loads(CliRunner().invoke(cli.main, [*gpu, "--json"]).output)
+    assert result["replicas"] == 8  # 10000 / (2000 * 0.8) = 6.25 -> 7, + 1
+    assert (result["cores"], result["gpus"]) == (64, 8)
+    assert result["usd_per_month"] == pytest.approx((64 * 0.05 + 8 * 2) * plan.HOURS_PER_MONTH)
+    printed = CliRunner().invoke(cli.main, gpu).output
+    assert "64 cores, 8 GPUs," in printed and "2 USD per GPU-hour" in printed
+    cpu_only = CliRunner().invoke(cli.main, [*args, "--cores-per-replica", "4"]).output
+    assert "GPU" not in cpu_only and ", 32 cores," in cpu_only
