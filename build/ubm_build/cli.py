@@ -369,6 +369,25 @@ def plan_command(
         click.echo(f"  - {note}")
 
 
+@main.command("segments")
+@options.model_dir()
+@click.option(
+    "--reports",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where segments.png goes and whose model card gets the Segments section"
+    "  [default: reports/<the model's profile>].",
+)
+@click.option("--k", type=click.IntRange(2, 64), help="Segments  [default: chosen, see README].")
+def segments_command(model_dir: Path, reports: Path | None, k: int | None) -> None:
+    """Segment the train window's users by k-means on their embeddings and describe each
+    segment from its sessions."""
+    profile = json.loads((model_dir / "metrics.json").read_text())["profile"]["name"]
+    try:
+        steps.segments_step(model_dir, reports or paths.REPORTS / profile, _echo, k)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
 @main.command("snapshot")
 @click.option(
     "--as-of",

@@ -5,6 +5,8 @@ train       -> <model_dir>/ (model, snapshot), metrics.json, evaluation.npz (fea
 export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx|.xml, variants.json
 repository  -> model_repository/ serving the fastest variant that passed
 report      -> reports/<profile>/model_card.md, card.json, reliability.png
+segments    -> <model_dir>/segments.json (k-means on the train window), reports/<profile>/
+               segments.png and the card's Segments section
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Collection
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ubm_build import data, export
-from ubm_build.data.point_in_time import EventLog
+from ubm_build.data.point_in_time import DailySnapshots, EventLog, point_in_time_inputs
 from ubm_build.export import openvino, tensorrt
 from ubm_build.inputs import drift
 from ubm_build.inputs.snapshot import FILE as SNAPSHOT_FILE
-from ubm_build.model import ablation, baselines, card, quality, train
+from ubm_build.model import ablation, baselines, card, quality, segments, train
 from ubm_build.model.network import BehaviourModel, load_reader
 from ubm_build.serving import repository, versions
 
 Log = Callable[[str], None]
 EVALUATION = "evaluation.npz"
+SEGMENTS = "segments.json"
 CANARY_RECORDS = 32
 """Test-window records a rollout scores on a new version before it switches to it."""
 
@@ -50,6 +55,9 @@ def train_step(
     arrays = {"test_logits": result.test_logits, "test_probabilities": result.test_probabilities}
     for name, window in result.windows.items():
         arrays |= {f"{name}_features": window.inputs.features, f"{name}_labels": window.labels}
+    with torch.inference_mode():
+        train_embeddings = torch.from_numpy(result.windows["train"].embeddings)
+        arrays["train_components"] = result.model.head.components(train_embeddings).numpy()
     arrays |= {f"ablation_{name}": scores for name, scores in rows.items()}
     np.savez(model_dir / EVALUATION, **arrays)
     return summary
@@ -372,5 +380,56 @@ def report_step(
         log(
             f"{name:>19}: ROC-AUC {metrics.roc_auc:.4f} [{metrics.roc_auc_ci[0]:.3f},"
             f" {metrics.roc_auc_ci[1]:.3f}], PR-AUC {metrics.pr_auc:.4f}, ECE {metrics.ece:.4f}"
+        )
+    return path
+
+
+def segments_step(model_dir: Path, reports_dir: Path, log: Log, k: int | None = None) -> Path:
+    """k-means on the train window's embeddings (the head's principal components), k chosen
+    by `segments.choose_k` unless given, each segment described from its sessions.
+
+    Writes ``<model_dir>/segments.json`` (centroids, the criterion's scores, the profiles),
+    ``<reports_dir>/segments.png``, and the Segments section of the card there, if it exists.
+    """
+    summary = json.loads((model_dir / "metrics.json").read_text())
+    profile = summary["profile"]
+    examples = train.subsample(
+        data.examples_by_window(Path(summary["csv"]))["train"],
+        profile["max_train_examples"],
+        profile["seed"],
+    )
+    evaluation = np.load(model_dir / EVALUATION)
+    if "train_components" in evaluation.files:
+        components = evaluation["train_components"]
+    else:  # a model trained before the components were kept: embed the window again
+        log(f"embedding the {len(examples)} train-window sessions again")
+        model = BehaviourModel.load(model_dir)
+        snapshots = DailySnapshots(EventLog.read(Path(summary["csv"])))
+        inputs = point_in_time_inputs(load_reader(model_dir), examples, snapshots)
+        with torch.inference_mode():
+            embeddings = torch.from_numpy(train.embed(model, inputs))
+            components = model.head.components(embeddings).numpy()
+    fitted = segments.fit(components, k)
+    assigned, _ = fitted.assign(components)
+    profiles = segments.describe(examples, assigned, fitted.k)
+    segments.plot(components, assigned, reports_dir / "segments.png")
+    result = {
+        "k": fitted.k,
+        "criterion": segments.CRITERION,
+        "candidates": [asdict(c) for c in fitted.candidates],
+        "profiles": [p.to_dict() for p in profiles],
+        "centroids": fitted.centroids.tolist(),
+    }
+    path = model_dir / SEGMENTS
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    card_file = reports_dir / "card.json"
+    if card_file.is_file():
+        content = card.Card(**json.loads(card_file.read_text()))
+        content = replace(content, segments={k: v for k, v in result.items() if k != "centroids"})
+        log(f"model card updated: {content.write(reports_dir)}")
+    for p in profiles:
+        log(
+            f"segment {p.segment}: {p.size} sessions ({p.share:.0%}), purchase rate"
+            f" {p.purchase_rate:.1%}, median session {p.median_session_events:g} events"
         )
     return path

@@ -28,7 +28,7 @@ from ubm_build.export import openvino
 from ubm_build.export.variants import REQUIRED
 from ubm_build.inputs import snapshot
 from ubm_build.inputs.model_inputs import FEATURE_NAMES
-from ubm_build.model import ablation, card, train
+from ubm_build.model import ablation, card, segments, train
 from ubm_build.model.network import DEFAULT_BASE_MODEL, load_tokenizer, tiny_bert_config
 from ubm_build.serving import repository, versions
 
@@ -269,3 +269,25 @@ def test_steps_log_what_they_did(build):
     assert text.startswith("trained on 800 sessions")
     assert f"model repository (python on cpu, encoder {build.served})" in text
     assert f"model card written to {build.card_path}" in text
+
+
+def test_segments_describe_the_train_window_and_join_the_card(build, evaluation):
+    path = steps.segments_step(build.model_dir, build.reports_dir, build.log.append)
+    result = json.loads(path.read_text())
+    components = evaluation["train_components"]
+    assert components.shape == (build.summary["train_examples"], PROFILE.text_components)
+    centroids = np.asarray(result["centroids"], dtype=np.float32)
+    assert centroids.shape == (result["k"], PROFILE.text_components)
+    assert [c["k"] for c in result["candidates"]] == list(segments.K_RANGE)
+    profiles = result["profiles"]
+    assert sum(p["size"] for p in profiles) == build.summary["train_examples"]
+    assigned, _ = segments.Segmentation(centroids, ()).assign(components)
+    assert [p["size"] for p in profiles] == np.bincount(assigned, minlength=result["k"]).tolist()
+    labels = evaluation["train_labels"]
+    for p in profiles:
+        if p["size"]:
+            assert p["purchase_rate"] == pytest.approx(labels[assigned == p["segment"]].mean())
+    assert (build.reports_dir / "segments.png").read_bytes()[:4] == b"\x89PNG"
+    card_json = json.loads((build.reports_dir / "card.json").read_text())
+    assert card_json["segments"]["k"] == result["k"] and "centroids" not in card_json["segments"]
+    assert "## Segments" in (build.reports_dir / "model_card.md").read_text()

@@ -63,6 +63,8 @@ class Card:
     variants: list[dict]
     served_variant: str
     build_seconds: float | None = None
+    segments: dict | None = None
+    """`ubm-build segments`' result, without the centroids."""
 
     def verdict(self) -> str:
         best_name = self.best_baseline
@@ -103,6 +105,27 @@ class Card:
                 f" {high:.3f}] | {row['difference']:+.4f} [{d_low:+.3f}, {d_high:+.3f}] |"
             )
         return [*lines, ""]
+
+    def segment_lines(self) -> list[str]:
+        if self.segments is None:
+            return []
+        lines = [
+            "## Segments",
+            "",
+            f"k-means on the train window's embeddings (the head's principal components):"
+            f" k = {self.segments['k']}, the {self.segments['criterion']}.",
+            "",
+            "| segment | sessions | share | purchase rate | view / cart / fav / buy"
+            " | median session events | top categories |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in self.segments["profiles"]:
+            mix = " / ".join(f"{p['event_mix'][t]:.0%}" for t in ("view", "cart", "fav", "buy"))
+            lines.append(
+                f"| {p['segment']} | {p['size']} | {p['share']:.0%} | {p['purchase_rate']:.1%}"
+                f" | {mix} | {p['median_session_events']:g} | {', '.join(p['top_categories'])} |"
+            )
+        return [*lines, "", "![segments](segments.png)", ""]
 
     def markdown(self) -> str:
         profile = self.summary["profile"]
@@ -175,6 +198,7 @@ class Card:
             "repository serves the fastest variant that passed (records/s: one run of the",
             "export; `make bench` compares them in alternating rounds).",
             "",
+            *self.segment_lines(),
             "## Training",
             "",
             "| setting | value |",

@@ -120,10 +120,14 @@ class Head(nn.Module):
         self.linear.weight.data.copy_(torch.from_numpy(model.coef_.astype(np.float32)))
         self.linear.bias.data.fill_(float(model.intercept_[0]))
 
+    def components(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The embedding's principal components, as the linear layer reads them."""
+        return (embedding - self.embedding_mean) @ self.projection
+
     def inputs(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """What the linear layer reads: scaled features, then projected embedding."""
         scaled = (features - self.feature_mean) / self.feature_scale
-        return torch.cat([scaled, (embedding - self.embedding_mean) @ self.projection], dim=-1)
+        return torch.cat([scaled, self.components(embedding)], dim=-1)
 
     def logit(self, embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.inputs(embedding, features)).squeeze(-1)
