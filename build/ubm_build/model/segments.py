@@ -133,8 +133,8 @@ def describe(examples: Sequence[Example], segments: np.ndarray, k: int) -> list[
         members = [ex for ex, s in zip(examples, segments, strict=True) if s == segment]
         types = Counter(e.type for ex in members for e in ex.events)
         total = sum(types.values()) or 1
-        sessions = [len(split_session(ex.events)[1]) for ex in members]
-        categories = Counter(e.category for ex in members for e in split_session(ex.events)[1])
+        sessions = [split_session(ex.events)[1] for ex in members]
+        categories = Counter(e.category for session in sessions for e in session)
         profiles.append(
             Profile(
                 segment=segment,
@@ -142,7 +142,9 @@ def describe(examples: Sequence[Example], segments: np.ndarray, k: int) -> list[
                 share=len(members) / max(len(examples), 1),
                 purchase_rate=float(np.mean([ex.label for ex in members])) if members else 0.0,
                 event_mix={t: types[t] / total for t in EVENT_TYPES},
-                median_session_events=float(np.median(sessions)) if sessions else 0.0,
+                median_session_events=float(np.median([len(s) for s in sessions]))
+                if sessions
+                else 0.0,
                 top_categories=tuple(c for c, _ in categories.most_common(TOP_CATEGORIES)),
             )
         )
