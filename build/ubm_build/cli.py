@@ -381,7 +381,10 @@ def plan_command(
 def segments_command(model_dir: Path, reports: Path | None, k: int | None) -> None:
     """Segment the train window's users by k-means on their embeddings and describe each
     segment from its sessions."""
-    profile = json.loads((model_dir / "metrics.json").read_text())["profile"]["name"]
+    metrics = model_dir / "metrics.json"
+    if not metrics.is_file():
+        raise click.ClickException(f"no trained model in {model_dir} (no metrics.json): train one")
+    profile = json.loads(metrics.read_text())["profile"]["name"]
     try:
         steps.segments_step(model_dir, reports or paths.REPORTS / profile, _echo, k)
     except ValueError as e:

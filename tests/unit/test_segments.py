@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from sklearn.cluster import KMeans
 
 from ubm.records import Event
+from ubm_build import cli
 from ubm_build.data import Example
 from ubm_build.model import segments
 
@@ -79,3 +81,9 @@ def test_the_picture_is_written(tmp_path):
     points = blobs(k=2, per_blob=30)
     path = segments.plot(points, np.repeat([0, 1], 30), tmp_path / "segments.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_command_says_when_there_is_no_trained_model(tmp_path):
+    result = CliRunner().invoke(cli.main, ["segments", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no trained model" in result.output and "Traceback" not in result.output
