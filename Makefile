@@ -94,7 +94,7 @@ LOADTEST_BATCH ?= 1
 LOADTEST_SHAPE ?=
 LOADTEST_ARGS ?=
 MODEL_READY := $(REPOSITORY)/ubm/config.pbtxt
-.PHONY: bench tune spike loadtest capacity bench-cli perf-analyzer-deps
+.PHONY: bench tune spike loadtest capacity bench-cli privacy-table perf-analyzer-deps
 
 # A fresh clone has no model yet: these targets build the quick one first (`make model` again,
 # e.g. with PROFILE=full, to replace it).
@@ -129,6 +129,12 @@ capacity: $(MODEL_READY) perf-analyzer-deps ## add users until p99 > SLO_MS -> r
 BENCH_CLI_ARGS ?=
 bench-cli: $(MODEL_READY) perf-analyzer-deps ## ubm-client score vs perf_analyzer records/s
 	$(BIN)/python -m ubm_build.bench.cli_vs_perf_analyzer --repository $(REPOSITORY) $(BENCH_CLI_ARGS)
+
+# `make privacy-table`: the full profile's windows embedded once (~5-15 min on 2 cores), then
+# heads fit with differential privacy per user at ε = 1, 3, 8 against the non-private head; the
+# table also goes into reports/full's model card when there is one.
+privacy-table: $(BIN)/.installed ## cost of DP training in test ROC-AUC -> results/privacy.json
+	$(BIN)/python -m ubm_build.model.privacy_cost --profile full --reports reports/full
 
 # The GPU check runs on a machine with an NVIDIA GPU and PyTorch but no network: `make gpu-pack`
 # here puts what it needs in .gpu/ (the model, encoder in fp16) and .whl/ (cp312 wheels of the

@@ -12,13 +12,16 @@ import functools
 import importlib
 import inspect
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from tokenizers import Tokenizer
+from transformers import BertForMaskedLM
 
 from ubm import AsyncUbmClient, UbmClient
 from ubm.scores import Score
@@ -26,11 +29,19 @@ from ubm_build import data, export
 from ubm_build.data.point_in_time import SERVING_AS_OF, EventLog
 from ubm_build.inputs import drift, snapshot
 from ubm_build.inputs.model_inputs import RecordReader
-from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, load_reader, load_tokenizer
-from ubm_build.model.train import events_of
+from ubm_build.model import segments
+from ubm_build.model.network import (
+    DEFAULT_BASE_MODEL,
+    BehaviourModel,
+    load_reader,
+    load_tokenizer,
+    tiny_bert_config,
+)
+from ubm_build.model.train import embed, events_of
 from ubm_build.serving import repository, server
 
 MAX_LENGTH = 64
+TINY_SEGMENTS = 4
 
 # Tests start subprocesses (perf_analyzer, the CLI) with gRPC channels open; see
 # ubm_build.bench.perf_analyzer for why gRPC's fork support must be off for that.
@@ -56,15 +67,20 @@ def make_tiny_model(
     snapshot_words: bool = True,
 ) -> tuple[BehaviourModel, Path]:
     """A randomly initialised 2-layer BERT + head, saved like a trained model (with the
-    serving snapshot, and its words in the text unless `snapshot_words` is false)."""
+    serving snapshot, its words in the text unless `snapshot_words` is false, and
+    `TINY_SEGMENTS` segments of 500 train-window records)."""
     model = BehaviourModel.tiny(
         DEFAULT_BASE_MODEL, MAX_LENGTH, seed=seed, snapshot_words=snapshot_words
     )
     reader = RecordReader(
         load_tokenizer(DEFAULT_BASE_MODEL), MAX_LENGTH, serving_snapshot(), snapshot_words
     )
-    model.head.fit_feature_scaling(reader(events_of(examples["train"][:500])).features)
+    inputs = reader(events_of(examples["train"][:500]))
+    model.head.fit_feature_scaling(inputs.features)
     model.head.calibration_bias.fill_(-2.0)  # probabilities in a realistic range
+    with torch.inference_mode():
+        components = model.head.components(torch.from_numpy(embed(model, inputs))).numpy()
+    model.head.set_centroids(segments.fit(components, k=TINY_SEGMENTS).centroids)
     model.save(directory)
     serving_snapshot().save(directory / snapshot.FILE)
     return BehaviourModel.load(directory), directory
@@ -76,6 +92,18 @@ def export_tiny_model(model: BehaviourModel, directory: Path) -> tuple[Path, Pat
         export.export_encoder(model, directory / "encoder.onnx"),
         export.export_head(model, directory / "head.onnx"),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT with a masked-LM head, saved in Hugging Face format
+    with the packaged tokenizer: what masked-LM pretraining and `BertModel` both load."""
+    directory = tmp_path_factory.mktemp("tiny-base")
+    vocab_size = load_tokenizer(DEFAULT_BASE_MODEL).get_vocab_size(with_added_tokens=True)
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_bert_config(vocab_size)).save_pretrained(directory)
+    shutil.copy2(DEFAULT_BASE_MODEL / "tokenizer.json", directory / "tokenizer.json")
+    return directory
 
 
 @pytest.fixture(scope="session")

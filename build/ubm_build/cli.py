@@ -13,9 +13,11 @@ from pathlib import Path
 import click
 import torch
 
+from ubm import pseudonyms
 from ubm.records import MAX_TS
 from ubm_build import data, export, options, paths, steps
 from ubm_build.bench import plan as plan_module
+from ubm_build.data import pseudonymise
 from ubm_build.data.point_in_time import EventLog
 from ubm_build.export import tensorrt
 from ubm_build.model import train
@@ -141,15 +143,92 @@ def data_command(csv: Path, out: Path, sample: Path | None, sample_size: int) ->
         _echo(f"wrote {len(picked)} sample records to {sample}")
 
 
+PSEUDONYMISED_CSV = paths.ARTIFACTS / "data" / "pseudonymised" / "UserBehavior.csv"
+
+key_file_option = click.option(
+    "--pseudonym-key-file",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Replace user, item and category ids by keyed pseudonyms (HMAC-SHA256 with the key in"
+    " this file, 32 bytes or more, that others cannot read) before anything reads them; the"
+    " server then needs the same key (ubm-serve serve --pseudonym-key-file).",
+)
+
+
+def _pseudonymise(csv: Path, key_file: Path, out: Path) -> Path:
+    try:
+        key = pseudonyms.read_key(key_file)
+    except pseudonyms.PseudonymKeyError as e:
+        raise click.ClickException(str(e)) from e
+    rows = pseudonymise.pseudonymise_csv(csv, out, key)
+    _echo(f"pseudonymised {rows} events into {out} (key {pseudonyms.fingerprint(key)})")
+    return out
+
+
+@main.command("pseudonymise")
+@options.csv()
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The key: a file of 32 bytes or more that others cannot read (e.g. openssl rand -hex 32).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=PSEUDONYMISED_CSV,
+    show_default=True,
+    help="The pseudonymised CSV; train, export and the rest read it with --csv.",
+)
+def pseudonymise_command(csv: Path, key_file: Path, out: Path) -> None:
+    """Write the events with user, item and category ids replaced by keyed pseudonyms."""
+    if out.resolve() == csv.resolve():
+        raise click.UsageError("--out must not be the input CSV")
+    _pseudonymise(csv, key_file, out)
+
+
 @main.command("train")
 @profile_option
 @base_model_option
 @options.csv()
 @options.model_dir(written=True)
-def train_command(profile: str, base_model: Path, csv: Path, model_dir: Path) -> None:
+@click.option(
+    "--dp-epsilon",
+    type=click.FloatRange(0, min_open=True),
+    help="Fit the head by DP-SGD, (ε, δ)-private per user (data-independent feature scaling"
+    " and projection, no calibration).",
+)
+@click.option(
+    "--dp-delta",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="δ of the DP guarantee  [default: 1 / training users ** 1.1].",
+)
+def train_command(
+    profile: str,
+    base_model: Path,
+    csv: Path,
+    model_dir: Path,
+    dp_epsilon: float | None,
+    dp_delta: float | None,
+) -> None:
     """Adapt the encoder (masked-LM, if the profile says so), fit the head on point-in-time
     features and text; report test-window ROC-AUC and write the ablation's scores."""
-    steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
+    if dp_delta is not None and dp_epsilon is None:
+        raise click.UsageError("--dp-delta needs --dp-epsilon")
+    try:
+        chosen = dataclasses.replace(
+            train.PROFILES[profile], dp_epsilon=dp_epsilon, dp_delta=dp_delta
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    summary = steps.train_step(chosen, csv, base_model, model_dir, _echo)
+    if "privacy" in summary:
+        dp = summary["privacy"]
+        _echo(
+            f"differentially private head (per user): ε {dp['epsilon_spent']:.3f}"
+            f" (target {dp['epsilon']}), δ {dp['delta']:.3g}, noise multiplier"
+            f" {dp['noise_multiplier']:.3f}, clip norm {dp['max_grad_norm']}"
+        )
 
 
 @main.command("export")
@@ -379,8 +458,9 @@ def plan_command(
 )
 @click.option("--k", type=click.IntRange(2, 64), help="Segments  [default: chosen, see README].")
 def segments_command(model_dir: Path, reports: Path | None, k: int | None) -> None:
-    """Segment the train window's users by k-means on their embeddings and describe each
-    segment from its sessions."""
+    """Fit the segments again (train fits them): k-means on the train window's embeddings,
+    each segment described from its sessions. Export and write the repository again to serve
+    them."""
     metrics = model_dir / "metrics.json"
     if not metrics.is_file():
         raise click.ClickException(f"no trained model in {model_dir} (no metrics.json): train one")
@@ -453,6 +533,7 @@ def snapshot_command(as_of: str, csv: Path, out: Path | None, repository_dir: Pa
 @atol_option
 @int8_option
 @reports_option
+@key_file_option
 def model_command(
     profile: str,
     base_model: Path,
@@ -465,8 +546,10 @@ def model_command(
     atol: float,
     max_int8_auc_loss: float,
     reports: Path | None,
+    key_file: Path | None,
 ) -> None:
-    """All steps: train, export (with checks), model repository, model card."""
+    """All steps: (pseudonymise,) train, export (with checks), model repository, model
+    card."""
     if target == repository.Target.TENSORRT.value:
         raise click.UsageError(
             "a TensorRT plan is built on the GPU that serves it: run `ubm-build model`, then"
@@ -474,6 +557,8 @@ def model_command(
             " tensorrt`"
         )
     started = time.perf_counter()
+    if key_file is not None:
+        csv = _pseudonymise(csv, key_file, PSEUDONYMISED_CSV)
     steps.train_step(train.PROFILES[profile], csv, base_model, model_dir, _echo)
     try:
         steps.export_step(

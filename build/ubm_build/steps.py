@@ -1,12 +1,12 @@
 """The build steps. Each reads and writes files, so each can also run on its own:
 
 train       -> <model_dir>/ (model, snapshot), metrics.json, evaluation.npz (features, labels,
-               test-window scores of the model and of each ablation row)
+               test-window scores of the model and of each ablation row), segments.json
 export      -> <onnx_dir>/head.onnx, encoder-<variant>.onnx|.xml, variants.json
 repository  -> model_repository/ serving the fastest variant that passed
 report      -> reports/<profile>/model_card.md, card.json, reliability.png
-segments    -> <model_dir>/segments.json (k-means on the train window), reports/<profile>/
-               segments.png and the card's Segments section
+segments    -> fit again: <model_dir>/segments.json and the head's centroids (train fits them
+               once), reports/<profile>/segments.png and the card's Segments section
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ubm_build import data, export
+from ubm_build import data, export, paths
+from ubm_build.data import pseudonymise
 from ubm_build.data.point_in_time import DailySnapshots, EventLog, point_in_time_inputs
 from ubm_build.export import openvino, tensorrt
 from ubm_build.inputs import drift
@@ -51,15 +52,28 @@ def train_step(
     )
     rows = ablation.ablation(result, base_model, c=profile.head_c)
     summary = {**result.summary, "base_model": str(base_model), "csv": str(csv)}
+    fingerprint = pseudonymise.key_fingerprint(csv)
+    if fingerprint:
+        summary["pseudonym_key"] = fingerprint
     (model_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     arrays = {"test_logits": result.test_logits, "test_probabilities": result.test_probabilities}
     for name, window in result.windows.items():
         arrays |= {f"{name}_features": window.inputs.features, f"{name}_labels": window.labels}
     with torch.inference_mode():
-        train_embeddings = torch.from_numpy(result.windows["train"].embeddings)
-        arrays["train_components"] = result.model.head.components(train_embeddings).numpy()
+        for name in ("train", "test"):
+            embeddings = torch.from_numpy(result.windows[name].embeddings)
+            arrays[f"{name}_components"] = result.model.head.components(embeddings).numpy()
     arrays |= {f"ablation_{name}": scores for name, scores in rows.items()}
     np.savez(model_dir / EVALUATION, **arrays)
+    if "privacy" in result.summary:
+        (model_dir / SEGMENTS).unlink(missing_ok=True)
+        log(
+            "segments: not fitted (k-means on the train window is not differentially private);"
+            " every user is in segment 0"
+        )
+    else:
+        examples = result.windows["train"].examples
+        fit_segments(result.model, model_dir, examples, arrays["train_components"], log)
     return summary
 
 
@@ -87,6 +101,7 @@ def export_step(
     test = examples["test"]
     events, labels = train.events_of(test), train.labels_of(test)
     reference = np.load(model_dir / EVALUATION)["test_probabilities"]
+    reference_segments = _reference_segments(model, model_dir)
     calibration = _calibration(examples, reader)
     reports = []
     for variant in (v for v in export.CPU_VARIANTS if v.engine in engines):
@@ -104,6 +119,7 @@ def export_step(
             events,
             labels,
             reference,
+            reference_segments=reference_segments,
             atol=atol,
             max_int8_auc_loss=max_int8_auc_loss,
         )
@@ -169,12 +185,23 @@ def tensorrt_step(
         train.events_of(test),
         train.labels_of(test),
         np.load(model_dir / EVALUATION)["test_probabilities"],
+        reference_segments=_reference_segments(model, model_dir),
         atol=atol,
         max_int8_auc_loss=max_int8_auc_loss,
     )
     _log_report(variant, report, log)
     export.write_reports([report], onnx_dir, keep_others=True)
     return report
+
+
+def _reference_segments(model: BehaviourModel, model_dir: Path) -> np.ndarray | None:
+    """PyTorch's segment of each test-window record (None for a model trained before the
+    test window's components were kept)."""
+    evaluation = np.load(model_dir / EVALUATION)
+    if "test_components" not in evaluation.files:
+        return None
+    centroids = model.head.centroids.numpy()
+    return segments.Segmentation(centroids, ()).assign(evaluation["test_components"])[0]
 
 
 def _calibration(examples: dict, reader) -> export.TokenCalibration:
@@ -191,7 +218,12 @@ def _log_report(variant: export.Variant, report: export.VariantReport, log: Log)
         f" ROC-AUC {report.roc_auc:.4f} ({report.roc_auc_delta:+.4f}),"
         f" {report.records_per_s:.0f} records/s in-process,"
         f" alone vs in a batch {report.batch_max_abs_diff:.1e} (<= {report.batch_bound:g}),"
-        f" {'passed' if report.passed else 'FAILED'}"
+        + (
+            f" segment as PyTorch's {report.segment_agreement:.2%},"
+            if report.segment_agreement is not None
+            else ""
+        )
+        + f" {'passed' if report.passed else 'FAILED'}"
         + ("" if variant.servable else " (comparison only, never served)")
     )
 
@@ -249,6 +281,7 @@ def repository_step(
         precision=precision,
         device="cuda" if target is repository.Target.TENSORRT else device,
         tuning=tuning or repository.Tuning(),
+        pseudonym_key=summary.get("pseudonym_key"),
     )
     repository.write_repository(
         out,
@@ -322,6 +355,7 @@ def build_metadata(summary: dict, variant: str) -> dict[str, str]:
         "data_sha256": hashlib.sha256(csv.read_bytes()).hexdigest(),
         "train_window": "/".join(moment(ts) for ts in data.WINDOWS["train"]),
         "test_window": "/".join(moment(ts) for ts in data.WINDOWS["test"]),
+        **({"pseudonym_key": summary["pseudonym_key"]} if "pseudonym_key" in summary else {}),
     }
 
 
@@ -373,6 +407,8 @@ def report_step(
         variants=[r.to_dict() for r in export.read_reports(onnx_dir)],
         served_variant=served,
         build_seconds=build_seconds,
+        segments=_segments_report(model_dir, out_dir),
+        privacy=_privacy_table(summary),
     )
     path = content.write(out_dir)
     log(f"model card written to {path}")
@@ -384,12 +420,67 @@ def report_step(
     return path
 
 
-def segments_step(model_dir: Path, reports_dir: Path, log: Log, k: int | None = None) -> Path:
-    """k-means on the train window's embeddings (the head's principal components), k chosen
-    by `segments.choose_k` unless given, each segment described from its sessions.
+def fit_segments(
+    model: BehaviourModel,
+    model_dir: Path,
+    examples: Sequence[data.Example],
+    components: np.ndarray,
+    log: Log,
+    k: int | None = None,
+) -> dict:
+    """k-means on the train window's `components`, k chosen by `segments.choose_k` unless
+    given; the centroids join the head (``head.pt``) and, with the criterion's scores and each
+    segment's profile, ``<model_dir>/segments.json``. Returns that file's content."""
+    fitted = segments.fit(components, k)
+    assigned, _ = fitted.assign(components)
+    profiles = segments.describe(examples, assigned, fitted.k)
+    model.head.set_centroids(fitted.centroids)
+    torch.save(model.head.state_dict(), model_dir / "head.pt")
+    result = {
+        "k": fitted.k,
+        "criterion": segments.CRITERION,
+        "candidates": [asdict(c) for c in fitted.candidates],
+        "profiles": [p.to_dict() for p in profiles],
+        "centroids": fitted.centroids.tolist(),
+    }
+    (model_dir / SEGMENTS).write_text(json.dumps(result, indent=2) + "\n")
+    for p in profiles:
+        log(
+            f"segment {p.segment}: {p.size} sessions ({p.share:.0%}), purchase rate"
+            f" {p.purchase_rate:.1%}, median session {p.median_session_events:g} events"
+        )
+    return result
 
-    Writes ``<model_dir>/segments.json`` (centroids, the criterion's scores, the profiles),
-    ``<reports_dir>/segments.png``, and the Segments section of the card there, if it exists.
+
+def _segments_report(model_dir: Path, reports_dir: Path) -> dict | None:
+    """``segments.png`` of the model's segments in `reports_dir`; the card's Segments entry
+    (``segments.json`` without the centroids), or None for a model without segments."""
+    path = model_dir / SEGMENTS
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    centroids = np.asarray(result["centroids"], dtype=np.float32)
+    components = np.load(model_dir / EVALUATION)["train_components"]
+    assigned, _ = segments.Segmentation(centroids, ()).assign(components)
+    segments.plot(components, assigned, reports_dir / "segments.png")
+    return {key: value for key, value in result.items() if key != "centroids"}
+
+
+def _privacy_table(summary: dict) -> dict | None:
+    """The measured cost of differential privacy (``make privacy-table``) for the model's
+    profile, if it was measured."""
+    path = paths.RESULTS / "privacy.json"
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text())
+    return table if table["profile"]["name"] == summary["profile"]["name"] else None
+
+
+def segments_step(model_dir: Path, reports_dir: Path, log: Log, k: int | None = None) -> Path:
+    """Fit the segments again (`fit_segments`; `train` fits them once), e.g. with another k.
+
+    Also writes ``<reports_dir>/segments.png`` and the card's Segments section, if the card
+    exists. The served head changes only when `export` and `repository` run again.
     """
     summary = json.loads((model_dir / "metrics.json").read_text())
     profile = summary["profile"]
@@ -398,38 +489,25 @@ def segments_step(model_dir: Path, reports_dir: Path, log: Log, k: int | None = 
         profile["max_train_examples"],
         profile["seed"],
     )
-    evaluation = np.load(model_dir / EVALUATION)
-    if "train_components" in evaluation.files:
-        components = evaluation["train_components"]
-    else:  # a model trained before the components were kept: embed the window again
-        log(f"embedding the {len(examples)} train-window sessions again")
-        model = BehaviourModel.load(model_dir)
+    model = BehaviourModel.load(model_dir)
+    evaluation = dict(np.load(model_dir / EVALUATION))
+    windows = {"train": examples, "test": data.examples_by_window(Path(summary["csv"]))["test"]}
+    missing = [name for name in windows if f"{name}_components" not in evaluation]
+    if missing:  # a model trained before the components were kept: embed the windows again
         snapshots = DailySnapshots(EventLog.read(Path(summary["csv"])))
-        inputs = point_in_time_inputs(load_reader(model_dir), examples, snapshots)
-        with torch.inference_mode():
-            embeddings = torch.from_numpy(train.embed(model, inputs))
-            components = model.head.components(embeddings).numpy()
-    fitted = segments.fit(components, k)
-    assigned, _ = fitted.assign(components)
-    profiles = segments.describe(examples, assigned, fitted.k)
-    segments.plot(components, assigned, reports_dir / "segments.png")
-    result = {
-        "k": fitted.k,
-        "criterion": segments.CRITERION,
-        "candidates": [asdict(c) for c in fitted.candidates],
-        "profiles": [p.to_dict() for p in profiles],
-        "centroids": fitted.centroids.tolist(),
-    }
-    path = model_dir / SEGMENTS
-    path.write_text(json.dumps(result, indent=2) + "\n")
+        for name in missing:
+            log(f"embedding the {len(windows[name])} {name}-window sessions again")
+            inputs = point_in_time_inputs(load_reader(model_dir), windows[name], snapshots)
+            with torch.inference_mode():
+                embeddings = torch.from_numpy(train.embed(model, inputs))
+                evaluation[f"{name}_components"] = model.head.components(embeddings).numpy()
+        np.savez(model_dir / EVALUATION, **evaluation)
+    fit_segments(model, model_dir, examples, evaluation["train_components"], log, k)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    entry = _segments_report(model_dir, reports_dir)
     card_file = reports_dir / "card.json"
     if card_file.is_file():
-        content = card.Card(**json.loads(card_file.read_text()))
-        content = replace(content, segments={k: v for k, v in result.items() if k != "centroids"})
+        content = replace(card.Card(**json.loads(card_file.read_text())), segments=entry)
         log(f"model card updated: {content.write(reports_dir)}")
-    for p in profiles:
-        log(
-            f"segment {p.segment}: {p.size} sessions ({p.share:.0%}), purchase rate"
-            f" {p.purchase_rate:.1%}, median session {p.median_session_events:g} events"
-        )
-    return path
+    log("the served head changes when `ubm-build export` and `ubm-build repository` run again")
+    return model_dir / SEGMENTS

@@ -187,35 +187,48 @@ def request_timeout_us(timeout_s: float) -> int:
     return max(1, round(timeout_s * 1_000_000))
 
 
-def _output_names(*, embedding: bool) -> tuple[str, ...]:
+def _output_names(*, embedding: bool, segment: bool) -> tuple[str, ...]:
     # Only the outputs the caller uses: the embedding is much larger than the score.
+    names = [contract.PURCHASE_PROBABILITY]
     if embedding:
-        return (contract.PURCHASE_PROBABILITY, contract.EMBEDDING)
-    return (contract.PURCHASE_PROBABILITY,)
+        names.append(contract.EMBEDDING)
+    if segment:
+        names += [contract.SEGMENT, contract.SEGMENT_DISTANCE]
+    return tuple(names)
 
 
-def requested_outputs(*, embedding: bool) -> list[InferRequestedOutput]:
-    """The outputs to ask for: the probability, plus the embedding when ``embedding``."""
-    return [InferRequestedOutput(name) for name in _output_names(embedding=embedding)]
+def requested_outputs(*, embedding: bool, segment: bool = False) -> list[InferRequestedOutput]:
+    """The outputs to ask for: the probability, plus the embedding when ``embedding`` and the
+    segment and its distance when ``segment``."""
+    return [
+        InferRequestedOutput(name) for name in _output_names(embedding=embedding, segment=segment)
+    ]
 
 
-def parse_scores(result: InferResult, records: Sequence[Record], *, embedding: bool) -> list[Score]:
+def parse_scores(
+    result: InferResult, records: Sequence[Record], *, embedding: bool, segment: bool = False
+) -> list[Score]:
     """Turn one inference result into a `Score` per record, in request order.
 
     Raises:
         ServerError: an output is missing or does not hold one row per record.
     """
-    arrays = {name: result.as_numpy(name) for name in _output_names(embedding=embedding)}
+    names = _output_names(embedding=embedding, segment=segment)
+    arrays = {name: result.as_numpy(name) for name in names}
     for name, array in arrays.items():
         if array is None or len(array) != len(records):
             raise ServerError(f"output {name!r} does not hold one row per record ({len(records)})")
     probabilities = arrays[contract.PURCHASE_PROBABILITY]
     embeddings = arrays.get(contract.EMBEDDING)
+    segments = arrays.get(contract.SEGMENT)
+    distances = arrays.get(contract.SEGMENT_DISTANCE)
     return [
         Score(
             id=record.id,
             purchase_probability=float(probabilities[i, 0]),
             embedding=None if embeddings is None else tuple(embeddings[i].tolist()),
+            segment=None if segments is None else int(segments[i, 0]),
+            segment_distance=None if distances is None else float(distances[i, 0]),
         )
         for i, record in enumerate(records)
     ]

@@ -130,13 +130,16 @@ def read_chunks(
         yield chunk
 
 
-def score_lines(client: UbmClient, lines: list[Line], *, embedding: bool) -> list[Row]:
+def score_lines(
+    client: UbmClient, lines: list[Line], *, embedding: bool, segment: bool = False
+) -> list[Row]:
     """Score the records among ``lines`` in one request and return every line's output row.
 
     Args:
         client: the open client.
         lines: at most ``contract.MAX_BATCH_SIZE`` parsed lines.
         embedding: add each record's embedding to its row.
+        segment: add each record's segment and distance to its centroid to its row.
 
     Returns:
         One row per line, in input order: a score row, or an error row.
@@ -147,21 +150,26 @@ def score_lines(client: UbmClient, lines: list[Line], *, embedding: bool) -> lis
     to_score = {line_no: item for line_no, item in lines if isinstance(item, Record)}
     try:
         scores = (
-            client.score_batch(list(to_score.values()), embedding=embedding) if to_score else []
+            client.score_batch(list(to_score.values()), embedding=embedding, segment=segment)
+            if to_score
+            else []
         )
         rows = {line_no: score.to_dict() for line_no, score in zip(to_score, scores, strict=True)}
     except InvalidRequestError:
         # The client validates like the server does, so this means the two disagree. Send the
         # records one by one, so that only the rejected ones become error rows.
         rows = {
-            line_no: _score_one(client, line_no, r, embedding) for line_no, r in to_score.items()
+            line_no: _score_one(client, line_no, r, embedding, segment)
+            for line_no, r in to_score.items()
         }
     return [item if isinstance(item, dict) else rows[line_no] for line_no, item in lines]
 
 
-def _score_one(client: UbmClient, line_no: int, record: Record, embedding: bool) -> Row:
+def _score_one(
+    client: UbmClient, line_no: int, record: Record, embedding: bool, segment: bool
+) -> Row:
     try:
-        return client.score_batch([record], embedding=embedding)[0].to_dict()
+        return client.score_batch([record], embedding=embedding, segment=segment)[0].to_dict()
     except InvalidRequestError as e:
         return error_row(record.id, line_no, f"rejected by the server: {e}")
 

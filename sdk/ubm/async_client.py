@@ -140,7 +140,9 @@ class AsyncUbmClient:
             self._closed = True
             await asyncio.gather(*(endpoint.client.close() for endpoint in self._endpoints))
 
-    async def score(self, records: Iterable[_RawRecord], *, embedding: bool = False) -> list[Score]:
+    async def score(
+        self, records: Iterable[_RawRecord], *, embedding: bool = False, segment: bool = False
+    ) -> list[Score]:
         """Validate and score records, ``batch_size`` per request, one request at a time.
 
         Every record is validated before the first request is sent.
@@ -148,6 +150,7 @@ class AsyncUbmClient:
         Args:
             records: decoded JSON records (see `ubm.records`) or parsed `Record` objects.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
 
         Returns:
             One `Score` per record, in input order.
@@ -160,7 +163,7 @@ class AsyncUbmClient:
         parsed = validate_records(records)
         scores: list[Score] = []
         for batch in chunked(parsed, self.batch_size):
-            scores.extend(await self.score_batch(batch, embedding=embedding))
+            scores.extend(await self.score_batch(batch, embedding=embedding, segment=segment))
         return scores
 
     def score_iter(
@@ -168,6 +171,7 @@ class AsyncUbmClient:
         records: Iterable[_RawRecord] | AsyncIterable[_RawRecord],
         *,
         embedding: bool = False,
+        segment: bool = False,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> AsyncIterator[Score]:
         """Score a stream of records, ``batch_size`` per request, several requests at a time.
@@ -180,6 +184,7 @@ class AsyncUbmClient:
             records: decoded JSON records or `Record` objects; an iterable or an async
                 iterable, even unbounded.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
             max_in_flight: requests in flight at once (one task each).
 
         Returns:
@@ -193,26 +198,27 @@ class AsyncUbmClient:
             ServerError: the server answered with an error.
         """
         batches = amap_ordered(
-            lambda numbered: self._score_chunk(*numbered, embedding),
+            lambda numbered: self._score_chunk(*numbered, embedding, segment),
             aenumerate(achunked(records, self.batch_size)),
             max_in_flight,
         )
         return _flatten(batches)
 
     async def _score_chunk(
-        self, index: int, chunk: list[_RawRecord], embedding: bool
+        self, index: int, chunk: list[_RawRecord], embedding: bool, segment: bool
     ) -> list[Score]:
         parsed = validate_records(chunk, start=index * self.batch_size)
-        return await self.score_batch(parsed, embedding=embedding)
+        return await self.score_batch(parsed, embedding=embedding, segment=segment)
 
     async def score_batch(
-        self, records: Sequence[Record], *, embedding: bool = False
+        self, records: Sequence[Record], *, embedding: bool = False, segment: bool = False
     ) -> list[Score]:
         """Score already-validated records in exactly one request (retries aside).
 
         Args:
             records: 1 to ``contract.MAX_BATCH_SIZE`` records, from `ubm.records.parse_record`.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
 
         Returns:
             One `Score` per record, in input order.
@@ -225,7 +231,7 @@ class AsyncUbmClient:
         """
         check_batch(records)
         inputs = build_inputs(records)
-        outputs = requested_outputs(embedding=embedding)
+        outputs = requested_outputs(embedding=embedding, segment=segment)
         result = await self._call(
             lambda triton: triton.infer(
                 self.model,
@@ -237,7 +243,7 @@ class AsyncUbmClient:
                 headers=self._headers,
             )
         )
-        return parse_scores(result, records, embedding=embedding)
+        return parse_scores(result, records, embedding=embedding, segment=segment)
 
     async def is_ready(self) -> bool:
         """Whether the server and the model are ready at some endpoint; one try each, no retries.

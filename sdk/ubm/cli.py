@@ -1,4 +1,5 @@
-"""The ``ubm-client`` command line: score JSONL files, describe the model, check health."""
+"""The ``ubm-client`` command line: score JSONL files, summarise them by segment, describe the
+model, check health."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ubm._concurrency import map_ordered
 from ubm._endpoints import parse_urls
 from ubm._jsonl import Chunk, ResumeError, Row, answered_rows, read_chunks, score_lines
 from ubm._outputs import OutputError, check_distinct, open_outputs
+from ubm._segment_summary import SegmentSummary
 from ubm.client import UbmClient
 from ubm.config import (
     DEFAULT_BATCH_SIZE,
@@ -233,6 +235,34 @@ def _input_size(stream: BinaryIO) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+_batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Input lines per request.",
+)
+_concurrency_option = click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+_request_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds each request may take.",
+)
+
+
+def _batch_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--batch-size`` and ``--concurrency``, as `score` and `segments` take them."""
+    return _batch_size_option(_concurrency_option(command))
+
+
 @main.command()
 @click.argument("file", type=click.File("rb"))
 @connection_options
@@ -253,28 +283,14 @@ def _input_size(stream: BinaryIO) -> int | None:
     is_flag=True,
     help="Carry on an interrupted run: skip the lines --output already answers, append the rest.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, contract.MAX_BATCH_SIZE),
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    help="Input lines per request.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_IN_FLIGHT,
-    show_default=True,
-    help="Requests in flight at once.",
-)
+@_batch_options
 @click.option("--embedding", is_flag=True, help="Add each user's embedding to the output.")
 @click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_TIMEOUT_S,
-    show_default=True,
-    help="Seconds each request may take.",
+    "--segment",
+    is_flag=True,
+    help="Add each user's segment and its distance to the segment's centroid to the output.",
 )
+@_request_timeout_option
 @click.option(
     "--retry-deadline",
     type=click.FloatRange(min=0),
@@ -294,6 +310,7 @@ def score(
     batch_size: int,
     concurrency: int,
     embedding: bool,
+    segment: bool,
     timeout: float,
     retry_deadline: float,
     quiet: bool,
@@ -304,7 +321,9 @@ def score(
     "category"}, ...]}. Each output line answers the input line at the same position:
 
     \b
-      {"id": ..., "purchase_probability": ...}     (plus "embedding" with --embedding)
+      {"id": ..., "purchase_probability": ...}     (plus "segment" and
+                                                    "segment_distance" with --segment,
+                                                    "embedding" with --embedding)
       {"id": ... or null, "line": N, "error": "..."}   for a line that could not be scored
 
     The input is read as a stream and at most --concurrency batches are held at once, so
@@ -349,7 +368,10 @@ def score(
                 # On Ctrl-C, map_ordered stops without waiting for the calls in flight, and
                 # leaving this block closes the client, which cancels them.
                 for chunk, rows in map_ordered(
-                    lambda c: (c, score_lines(client, c.lines, embedding=embedding)),
+                    lambda c: (
+                        c,
+                        score_lines(client, c.lines, embedding=embedding, segment=segment),
+                    ),
                     read_chunks(file, batch_size, answered),
                     concurrency,
                 ):
@@ -395,6 +417,54 @@ def _write(stream: BinaryIO, rows: list[Row]) -> None:
     # Whole rows, flushed per chunk: a run that stops leaves only complete lines behind.
     stream.write(b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows))
     stream.flush()
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@connection_options
+@_batch_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_request_timeout_option
+@click.pass_context
+def segments(
+    ctx: click.Context,
+    file: BinaryIO,
+    connection: Connection,
+    batch_size: int,
+    concurrency: int,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """Score the JSONL records in FILE and summarise them by the model's user segments.
+
+    For each segment: its records, distinct ids, share of the scored records, mean purchase
+    probability and median distance to the segment's centroid. The model card describes each
+    segment (its users' purchase rate, event mix, session length, top categories).
+
+    \b
+    Exit status:
+      0  every line was scored and summarised
+      1  some lines could not be scored (counted, left out of the summary)
+      2  the server could not be reached or gave up; nothing is printed
+    """
+    summary = SegmentSummary()
+    try:
+        with connection.client(timeout_s=timeout) as client:
+            for rows in map_ordered(
+                lambda c: score_lines(client, c.lines, embedding=False, segment=True),
+                read_chunks(file, batch_size, []),
+                concurrency,
+            ):
+                summary.add(rows)
+    except UbmError as e:
+        click.echo(f"ubm-client: giving up at {connection.url}: {type(e).__name__}: {e}", err=True)
+        ctx.exit(EXIT_SERVER_FAILED)
+    if as_json:
+        described = {"segments": summary.rows(), "scored": summary.scored, "failed": summary.failed}
+        click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(summary.table())
+    ctx.exit(EXIT_LINES_FAILED if summary.failed else EXIT_OK)
 
 
 _check_timeout_option = click.option(

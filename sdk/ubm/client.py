@@ -129,7 +129,11 @@ class UbmClient:
                 endpoint.client.close()
 
     def score(
-        self, records: Iterable[Mapping[str, Any] | Record], *, embedding: bool = False
+        self,
+        records: Iterable[Mapping[str, Any] | Record],
+        *,
+        embedding: bool = False,
+        segment: bool = False,
     ) -> list[Score]:
         """Validate and score records, ``batch_size`` per request, one request at a time.
 
@@ -138,6 +142,7 @@ class UbmClient:
         Args:
             records: decoded JSON records (see `ubm.records`) or parsed `Record` objects.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
 
         Returns:
             One `Score` per record, in input order.
@@ -150,7 +155,7 @@ class UbmClient:
         parsed = validate_records(records)
         scores: list[Score] = []
         for batch in chunked(parsed, self.batch_size):
-            scores.extend(self.score_batch(batch, embedding=embedding))
+            scores.extend(self.score_batch(batch, embedding=embedding, segment=segment))
         return scores
 
     def score_iter(
@@ -158,6 +163,7 @@ class UbmClient:
         records: Iterable[Mapping[str, Any] | Record],
         *,
         embedding: bool = False,
+        segment: bool = False,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> Iterator[Score]:
         """Score a stream of records, ``batch_size`` per request, several requests at a time.
@@ -169,6 +175,7 @@ class UbmClient:
         Args:
             records: decoded JSON records or `Record` objects; any iterable, even unbounded.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
             max_in_flight: requests in flight at once (one thread each).
 
         Returns:
@@ -182,24 +189,27 @@ class UbmClient:
             ServerError: the server answered with an error.
         """
         batches = map_ordered(
-            lambda numbered: self._score_chunk(*numbered, embedding),
+            lambda numbered: self._score_chunk(*numbered, embedding, segment),
             enumerate(chunked(records, self.batch_size)),
             max_in_flight,
         )
         return _flatten(batches)
 
     def _score_chunk(
-        self, index: int, chunk: list[Mapping[str, Any] | Record], embedding: bool
+        self, index: int, chunk: list[Mapping[str, Any] | Record], embedding: bool, segment: bool
     ) -> list[Score]:
         parsed = validate_records(chunk, start=index * self.batch_size)
-        return self.score_batch(parsed, embedding=embedding)
+        return self.score_batch(parsed, embedding=embedding, segment=segment)
 
-    def score_batch(self, records: Sequence[Record], *, embedding: bool = False) -> list[Score]:
+    def score_batch(
+        self, records: Sequence[Record], *, embedding: bool = False, segment: bool = False
+    ) -> list[Score]:
         """Score already-validated records in exactly one request (retries aside).
 
         Args:
             records: 1 to ``contract.MAX_BATCH_SIZE`` records, from `ubm.records.parse_record`.
             embedding: also return each user's embedding.
+            segment: also return each user's segment and distance to its centroid.
 
         Returns:
             One `Score` per record, in input order.
@@ -212,7 +222,7 @@ class UbmClient:
         """
         check_batch(records)
         inputs = build_inputs(records)
-        outputs = requested_outputs(embedding=embedding)
+        outputs = requested_outputs(embedding=embedding, segment=segment)
         result = self._call(
             lambda triton: triton.infer(
                 self.model,
@@ -224,7 +234,7 @@ class UbmClient:
                 headers=self._headers,
             )
         )
-        return parse_scores(result, records, embedding=embedding)
+        return parse_scores(result, records, embedding=embedding, segment=segment)
 
     def is_ready(self) -> bool:
         """Whether the server and the model are ready at some endpoint; one try each, no retries.

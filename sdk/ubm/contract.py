@@ -25,6 +25,12 @@ prunes an ensemble tensor that feeds a later step when a client does not request
 output, and then fails the request ("unexpected deadlock")."""
 PURCHASE_PROBABILITY = "purchase_probability"
 """Ensemble output: FP32 [batch, 1], P(the user buys before the current session ends)."""
+SEGMENT = "segment"
+"""Ensemble output: INT32 [batch, 1], the user's segment: the nearest of the head's k-means
+centroids (``ubm-build segments``), 0 to k - 1."""
+SEGMENT_DISTANCE = "segment_distance"
+"""Ensemble output: FP32 [batch, 1], the Euclidean distance to that centroid, in the head's
+principal components of the embedding: how typical the user is of the segment."""
 
 # Parameters of the generated model configs: `ubm_build.serving.repository` writes them, and the
 # python-backend models, next to which this module is copied, read them.
@@ -32,6 +38,9 @@ PARAM_MAX_LENGTH = "max_length"
 """preprocess and encoder: the longest token sequence."""
 PARAM_SNAPSHOT_WORDS = "snapshot_words"
 """preprocess: "1" if the snapshot's words are rendered into the behaviour text, else "0"."""
+PARAM_PSEUDONYM_KEY = "pseudonym_key_fingerprint"
+"""preprocess: the `ubm.pseudonyms.fingerprint` of the key the model's ids were pseudonymised
+with; the model then pseudonymises every record's ids and will not load without that key."""
 PARAM_VOCAB_SIZE = "vocab_size"
 """encoder: token ids must lie in [0, vocab_size)."""
 PARAM_ROWS_PER_RUN = "rows_per_run"

@@ -2,8 +2,8 @@
 
 A record is one JSON object::
 
-    {"id": "u42", "events": [{"ts": 1511544070, "type": "view", "item": "2268318",
-                               "category": "2520377"}, ...]}
+    {"id": "u42", "events": [{"ts": 1511544070, "type": "view", "item": "9900001",
+                               "category": "990011"}, ...]}
 
 ``events`` are the user's events up to the moment of prediction. Extra fields are ignored.
 

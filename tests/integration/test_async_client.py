@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TINY_SEGMENTS
 
 from ubm import InvalidRecordError, contract, parse_record
 from ubm_build.model.train import events_of, predict
@@ -50,13 +51,19 @@ def test_score_batch_metadata_and_config(connect, triton, examples):
     record = parse_record(examples["test"][0].to_record())
     with connect(triton.grpc_url) as client:
         [score] = client.score_batch([record])
+        [segmented] = client.score_batch([record], segment=True)
         metadata = client.metadata()
         config = client.config()
     assert score.id == record.id and 0 < score.purchase_probability < 1
+    assert score.segment is None and score.segment_distance is None
+    assert segmented.purchase_probability == score.purchase_probability
+    assert 0 <= segmented.segment < TINY_SEGMENTS and segmented.segment_distance > 0
     assert metadata["name"] == contract.ENSEMBLE
     assert {t["name"] for t in metadata["outputs"]} == {
         contract.PURCHASE_PROBABILITY,
         contract.EMBEDDING,
+        contract.SEGMENT,
+        contract.SEGMENT_DISTANCE,
     }
     assert config["name"] == contract.ENSEMBLE
     assert config["max_batch_size"] == contract.MAX_BATCH_SIZE

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
-from transformers import BertForMaskedLM
 
 from ubm import contract
 from ubm_build import export, paths, steps
@@ -29,7 +27,9 @@ from ubm_build.export.variants import REQUIRED
 from ubm_build.inputs import snapshot
 from ubm_build.inputs.model_inputs import FEATURE_NAMES
 from ubm_build.model import ablation, card, segments, train
-from ubm_build.model.network import DEFAULT_BASE_MODEL, load_tokenizer, tiny_bert_config
+from ubm_build.model.network import (
+    BehaviourModel,
+)
 from ubm_build.serving import repository, versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -57,16 +57,8 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer BERT with a masked-LM head, saved in Hugging Face format
-    with the packaged tokenizer: what masked-LM pretraining and `BertModel` both load."""
-    directory = tmp_path_factory.mktemp("tiny-base")
-    vocab_size = load_tokenizer(DEFAULT_BASE_MODEL).get_vocab_size(with_added_tokens=True)
-    config = tiny_bert_config(vocab_size)
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(directory)
-    shutil.copy2(DEFAULT_BASE_MODEL / "tokenizer.json", directory / "tokenizer.json")
-    return directory
+def base_model(tiny_base_model) -> Path:
+    return tiny_base_model
 
 
 @dataclass(frozen=True)
@@ -131,6 +123,8 @@ def test_metrics_describe_the_training(build, base_model):
         "head_c": 1.0,
         "batch_size": 16,
         "seed": 0,
+        "dp_epsilon": None,
+        "dp_delta": None,
     }
     assert metrics["train_examples"] == 800
     assert 0 < metrics["train_positives"] < 800
@@ -206,6 +200,9 @@ def test_export_checks_every_variant(build):
     assert (build.onnx_dir / "head.onnx").is_file()
     for variant in exported:
         assert (build.onnx_dir / variant.file_name).is_file()
+    # Segments are compared with PyTorch's: fp32 graphs agree on every test record.
+    assert by_variant["fp32"].segment_agreement == 1.0
+    assert all(0.9 <= r.segment_agreement <= 1.0 for r in build.variant_reports)
 
 
 def test_repository_describes_its_build_and_snapshot(build):
@@ -271,14 +268,17 @@ def test_steps_log_what_they_did(build):
     assert f"model card written to {build.card_path}" in text
 
 
-def test_segments_describe_the_train_window_and_join_the_card(build, evaluation):
-    path = steps.segments_step(build.model_dir, build.reports_dir, build.log.append)
-    result = json.loads(path.read_text())
+def test_train_fits_segments_into_the_head_and_the_card_describes_them(
+    build, evaluation, card_json
+):
+    result = json.loads((build.model_dir / steps.SEGMENTS).read_text())
     components = evaluation["train_components"]
     assert components.shape == (build.summary["train_examples"], PROFILE.text_components)
     centroids = np.asarray(result["centroids"], dtype=np.float32)
     assert centroids.shape == (result["k"], PROFILE.text_components)
     assert [c["k"] for c in result["candidates"]] == list(segments.K_RANGE)
+    # The head carries the centroids: that is what the exported graph serves.
+    np.testing.assert_array_equal(BehaviourModel.load(build.model_dir).head.centroids, centroids)
     profiles = result["profiles"]
     assert sum(p["size"] for p in profiles) == build.summary["train_examples"]
     assigned, _ = segments.Segmentation(centroids, ()).assign(components)
@@ -288,6 +288,18 @@ def test_segments_describe_the_train_window_and_join_the_card(build, evaluation)
         if p["size"]:
             assert p["purchase_rate"] == pytest.approx(labels[assigned == p["segment"]].mean())
     assert (build.reports_dir / "segments.png").read_bytes()[:4] == b"\x89PNG"
-    card_json = json.loads((build.reports_dir / "card.json").read_text())
     assert card_json["segments"]["k"] == result["k"] and "centroids" not in card_json["segments"]
     assert "## Segments" in (build.reports_dir / "model_card.md").read_text()
+
+
+def test_segments_step_fits_them_again_with_another_k(build, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(build.model_dir, model_dir)
+    reports_dir = tmp_path / "reports"
+    shutil.copytree(build.reports_dir, reports_dir)
+    lines: list[str] = []
+    path = steps.segments_step(model_dir, reports_dir, lines.append, k=3)
+    assert json.loads(path.read_text())["k"] == 3
+    assert BehaviourModel.load(model_dir).head.centroids.shape == (3, PROFILE.text_components)
+    assert json.loads((reports_dir / "card.json").read_text())["segments"]["k"] == 3
+    assert any("ubm-build export" in line for line in lines)

@@ -7,10 +7,11 @@ import orjson
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from conftest import TINY_SEGMENTS
 from tritonclient.utils import InferenceServerException
 
-from ubm import contract
-from ubm_build.model.train import events_of, predict
+from ubm import UbmClient, contract
+from ubm_build.model.train import embed, events_of, predict
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,21 @@ def test_served_roc_auc_equals_in_process(triton, tiny_model, tiny_reader, examp
     assert roc_auc_score(labels, served) == pytest.approx(
         roc_auc_score(labels, in_process), abs=1e-3
     )
+
+
+def test_served_segment_equals_in_process_for_every_test_day_record(
+    triton, tiny_model, tiny_reader, examples
+):
+    model, _ = tiny_model
+    test = examples["test"]
+    with UbmClient(triton.grpc_url, batch_size=256) as client:
+        scores = client.score([ex.to_record() for ex in test], segment=True)
+    served = np.array([s.segment for s in scores])
+    distances = np.array([s.segment_distance for s in scores])
+    with torch.inference_mode():
+        embeddings = torch.from_numpy(embed(model, tiny_reader(events_of(test))))
+        segment, distance = model.head.segment(embeddings)
+    np.testing.assert_array_equal(served, segment[:, 0].numpy())
+    np.testing.assert_allclose(distances, distance[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    assert len(np.unique(served)) == TINY_SEGMENTS  # every segment is used, not one catch-all
+    assert [s.id for s in scores] == [ex.id for ex in test]

@@ -51,18 +51,30 @@ def unused_url() -> str:
 def server(monkeypatch) -> list[list[str]]:
     """Stand in for Triton behind UbmClient.score_batch; returns the ids of each batch sent.
 
-    It scores events / 10, rejects ids starting with "bad", and is unreachable for "down".
+    It scores events / 10, puts a record in segment events % 3 at distance events / 2,
+    rejects ids starting with "bad", and is unreachable for "down".
     """
     batches: list[list[str]] = []
 
-    def score_batch(self, records: Sequence[Record], *, embedding: bool = False) -> list[Score]:
+    def score_batch(
+        self, records: Sequence[Record], *, embedding: bool = False, segment: bool = False
+    ) -> list[Score]:
         ids = [r.id for r in records]
         batches.append(ids)
         if "down" in ids:
             raise ServerUnavailableError("failed to connect to all addresses")
         if any(i.startswith("bad") for i in ids):
             raise InvalidRequestError("record 0: rejected")
-        return [Score(r.id, len(r.events) / 10, (0.5, 0.5) if embedding else None) for r in records]
+        return [
+            Score(
+                r.id,
+                len(r.events) / 10,
+                (0.5, 0.5) if embedding else None,
+                len(r.events) % 3 if segment else None,
+                len(r.events) / 2 if segment else None,
+            )
+            for r in records
+        ]
 
     monkeypatch.setattr(UbmClient, "score_batch", score_batch)
     return batches
@@ -141,6 +153,52 @@ def test_score_exits_0_when_every_line_is_scored_and_reads_stdin(server):
         {"id": "b", "purchase_probability": 0.1, "embedding": [0.5, 0.5]},
     ]
     assert result.stderr == ""
+
+
+def test_score_segment_adds_the_segment_and_its_distance(server):
+    result = run(["score", "-", "--segment", "--quiet"], stdin=line("a", 4))
+    assert result.exit_code == 0, result.output
+    assert rows(result.stdout_bytes) == [
+        {"id": "a", "purchase_probability": 0.4, "segment": 1, "segment_distance": 2.0}
+    ]
+
+
+def test_segments_summarises_a_file_by_segment(tmp_path, server):
+    source = tmp_path / "in.jsonl"
+    records = [line("a", 1), line("b", 4), line("a", 1), line("c", 2), b"oops"]
+    source.write_bytes(b"\n".join(records) + b"\n")
+    result = run(["segments", str(source), "--json", "--batch-size", "2"])
+    assert result.exit_code == 1, result.output  # a line could not be scored
+    summary = orjson.loads(result.stdout_bytes)
+    assert summary["scored"] == 4 and summary["failed"] == 1
+    assert summary["segments"] == [
+        {
+            "segment": 1,
+            "records": 3,
+            "ids": 2,
+            "share": 0.75,
+            "mean_purchase_probability": pytest.approx(0.2),
+            "median_distance": 0.5,
+        },
+        {
+            "segment": 2,
+            "records": 1,
+            "ids": 1,
+            "share": 0.25,
+            "mean_purchase_probability": pytest.approx(0.2),
+            "median_distance": 1.0,
+        },
+    ]
+    table = run(["segments", "-"], stdin=line("a", 1))
+    assert table.exit_code == 0
+    assert table.stdout.splitlines()[1].split() == ["1", "1", "1", "100.0%", "0.1000", "0.500"]
+    assert "1 records scored, 0 could not be scored" in table.stdout
+
+
+def test_segments_exits_2_when_the_server_is_unreachable(server):
+    result = run(["segments", "-"], stdin=line("down"))
+    assert result.exit_code == 2
+    assert "giving up" in result.stderr
 
 
 def test_a_batch_the_server_rejects_is_retried_record_by_record(tmp_path, server):

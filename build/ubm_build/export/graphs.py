@@ -1,6 +1,6 @@
 """The model as ONNX graphs: the encoder (token ids -> embedding) and the head (embedding and
-session features -> probability, plus the embedding the ensemble returns), and the ONNX Runtime
-session every check and benchmark runs them with."""
+session features -> probability and segment, plus the embedding the ensemble returns), and the
+ONNX Runtime session every check and benchmark runs them with."""
 
 from __future__ import annotations
 
@@ -50,18 +50,29 @@ def export_encoder(model: BehaviourModel, path: Path) -> Path:
 
 
 class _ServedHead(torch.nn.Module):
-    """The head plus a copy of its input embedding, which the ensemble returns."""
+    """The head's probability and segment, plus a copy of its input embedding, which the
+    ensemble returns."""
 
     def __init__(self, head: torch.nn.Module) -> None:
         super().__init__()
         self.head = head
 
     def forward(self, embedding: torch.Tensor, features: torch.Tensor):
-        return self.head(embedding, features), embedding.clone()
+        segment, distance = self.head.segment(embedding)
+        return self.head(embedding, features), embedding.clone(), segment, distance
+
+
+HEAD_OUTPUTS = (
+    contract.PURCHASE_PROBABILITY,
+    contract.HEAD_EMBEDDING,
+    contract.SEGMENT,
+    contract.SEGMENT_DISTANCE,
+)
 
 
 def export_head(model: BehaviourModel, path: Path) -> Path:
-    """ONNX graph (embedding, features) -> (purchase_probability [batch, 1], embedding copy)."""
+    """ONNX graph (embedding, features) -> `HEAD_OUTPUTS`: purchase_probability [batch, 1],
+    the embedding's copy, segment (int32 [batch, 1]) and segment_distance [batch, 1]."""
     embedding = torch.zeros((2, model.spec.hidden_size))
     features = torch.zeros((2, len(model.spec.feature_names)))
     batch = {0: "batch"}
@@ -70,12 +81,9 @@ def export_head(model: BehaviourModel, path: Path) -> Path:
         (embedding, features),
         path,
         input_names=[contract.EMBEDDING, contract.FEATURES],
-        output_names=[contract.PURCHASE_PROBABILITY, contract.HEAD_EMBEDDING],
+        output_names=list(HEAD_OUTPUTS),
         dynamic_axes={
-            contract.EMBEDDING: batch,
-            contract.FEATURES: batch,
-            contract.PURCHASE_PROBABILITY: batch,
-            contract.HEAD_EMBEDDING: batch,
+            name: batch for name in (contract.EMBEDDING, contract.FEATURES, *HEAD_OUTPUTS)
         },
     )
     return path

@@ -191,6 +191,9 @@ class VariantReport:
     batch_max_abs_diff: float | None = None
     """Largest |p alone - p in a batch| over the checked records; None: not measured."""
     batch_bound: float | None = None
+    segment_agreement: float | None = None
+    """Share of the test window's records this variant puts in PyTorch's segment; None: not
+    measured. Reported, not a gate: a record near the border of two segments may cross it."""
 
     @property
     def batch_invariant(self) -> bool:
@@ -209,6 +212,16 @@ def _probabilities(
     rows_per_run: int = 0,
 ) -> np.ndarray:
     """Encoder (in runs of `rows_per_run` records, 0: all at once), then head: p per record."""
+    return _scores(encoder, head, batch, rows_per_run)[0]
+
+
+def _scores(
+    encoder: Session,
+    head: Session,
+    batch: ModelInputs,
+    rows_per_run: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, segment) per record, as `_probabilities` runs them."""
     step = rows_per_run or len(batch.ids)
     embedding = np.concatenate(
         [
@@ -223,7 +236,8 @@ def _probabilities(
         ]
     )
     feeds = {contract.EMBEDDING: embedding, contract.FEATURES: batch.features}
-    return head.run([contract.PURCHASE_PROBABILITY], feeds)[0][:, 0]
+    probability, segment = head.run([contract.PURCHASE_PROBABILITY, contract.SEGMENT], feeds)
+    return probability[:, 0], segment[:, 0]
 
 
 def onnx_predict(
@@ -234,16 +248,28 @@ def onnx_predict(
 ) -> tuple[np.ndarray, float]:
     """(probabilities, records per second) of an encoder + head pair on `events`, read with
     `reader`. A path `encoder` is opened as its suffix says, in fp32."""
+    probabilities, _, rate = onnx_scores(encoder, head, reader, events)
+    return probabilities, rate
+
+
+def onnx_scores(
+    encoder: Path | Session,
+    head: Path,
+    reader: RecordReader,
+    events: Sequence[Sequence[Event]],
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """`onnx_predict`'s probabilities and rate, with each record's segment (int32)."""
     encoder_session = open_encoder(encoder) if isinstance(encoder, Path) else encoder
     head_session = ort_session(head)
     order = np.argsort([len(e) for e in events])
-    out = np.empty(len(events), dtype=np.float32)
+    probabilities = np.empty(len(events), dtype=np.float32)
+    segments = np.empty(len(events), dtype=np.int32)
     started = time.perf_counter()
     for start in range(0, len(events), PARITY_BATCH_SIZE):
         rows = order[start : start + PARITY_BATCH_SIZE]
         batch = reader([events[i] for i in rows])
-        out[rows] = _probabilities(encoder_session, head_session, batch)
-    return out, len(events) / (time.perf_counter() - started)
+        probabilities[rows], segments[rows] = _scores(encoder_session, head_session, batch)
+    return probabilities, segments, len(events) / (time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -318,14 +344,19 @@ def check_variant(
     labels: np.ndarray,
     reference: np.ndarray,
     *,
+    reference_segments: np.ndarray | None = None,
     atol: float = DEFAULT_ATOL,
     max_int8_auc_loss: float = DEFAULT_MAX_INT8_AUC_LOSS,
     batch_records: int = BATCH_CHECK_RECORDS,
 ) -> VariantReport:
-    """Score `events` with the variant, compare it with PyTorch's probabilities, and measure
-    its batch dependence on `batch_records` of them (a fixed random choice)."""
+    """Score `events` with the variant, compare it with PyTorch's probabilities (and, given
+    `reference_segments`, segments), and measure its batch dependence on `batch_records` of
+    them (a fixed random choice)."""
     session = variant.open(encoder)
-    probabilities, rate = onnx_predict(session, head, reader, events)
+    probabilities, segments, rate = onnx_scores(session, head, reader, events)
+    agreement = (
+        None if reference_segments is None else float(np.mean(segments == reference_segments))
+    )
     diff = float(np.abs(probabilities - reference).max())
     auc = float(roc_auc_score(labels, probabilities))
     delta = auc - float(roc_auc_score(labels, reference))
@@ -335,7 +366,16 @@ def check_variant(
     accurate = -delta <= max_int8_auc_loss if variant.lossy else diff <= atol
     passed = accurate and batch_diff <= variant.batch_bound
     return VariantReport(
-        variant.value, str(encoder), diff, auc, delta, rate, passed, batch_diff, variant.batch_bound
+        variant.value,
+        str(encoder),
+        diff,
+        auc,
+        delta,
+        rate,
+        passed,
+        batch_diff,
+        variant.batch_bound,
+        agreement,
     )
 
 

@@ -9,7 +9,7 @@ A user's events become one line of text: a summary of the current session (event
 last 30-minute pause) and of the earlier history, then the events newest first::
 
     session 3 events 4m: 2 view 1 cart 0 fav 0 buy | history 12 events: 10 view 0 cart 1 fav
-    1 buy | cart item 2333346 cat 2520771 after 1m ; view item 2268318 cat 2520377 after 3m ; ...
+    1 buy | cart item 9900002 cat 990012 after 1m ; view item 9900001 cat 990011 after 3m ; ...
 
 Because the newest events come first, truncating the token sequence on the right drops the
 oldest events and never the summary.
@@ -82,7 +82,7 @@ def behaviour_text(
     whitespace-separated words: the text is the full text cut at an event boundary.
     With `id_words` (one ``(item word, category word)`` per event of the newest
     `MAX_TEXT_EVENTS`, oldest first), each rendered id is followed by its word, e.g.
-    ``view item 2268318 rare cat 2520377 hot``.
+    ``view item 9900001 rare cat 990011 hot``.
     """
     if not events:
         raise ValueError("behaviour_text needs at least one event")

@@ -64,7 +64,10 @@ class Card:
     served_variant: str
     build_seconds: float | None = None
     segments: dict | None = None
-    """`ubm-build segments`' result, without the centroids."""
+    """The model's ``segments.json`` without the centroids (`steps.fit_segments`)."""
+    privacy: dict | None = None
+    """`privacy_cost`'s table (``results/privacy.json``): test ROC-AUC of heads fit with
+    differential privacy at several ε against the non-private head."""
 
     def verdict(self) -> str:
         best_name = self.best_baseline
@@ -113,7 +116,9 @@ class Card:
             "## Segments",
             "",
             f"k-means on the train window's embeddings (the head's principal components):"
-            f" k = {self.segments['k']}, the {self.segments['criterion']}.",
+            f" k = {self.segments['k']}, the {self.segments['criterion']}. The centroids are"
+            " part of the served head: the ensemble returns each user's `segment` and"
+            " `segment_distance`.",
             "",
             "| segment | sessions | share | purchase rate | view / cart / fav / buy"
             " | median session events | top categories |",
@@ -126,6 +131,64 @@ class Card:
                 f" | {mix} | {p['median_session_events']:g} | {', '.join(p['top_categories'])} |"
             )
         return [*lines, "", "![segments](segments.png)", ""]
+
+    def privacy_lines(self) -> list[str]:
+        """The DP record of a private head, and `privacy`'s cost table; none if neither."""
+        record = self.summary.get("privacy")
+        if record is None and self.privacy is None:
+            return []
+        lines = ["## Privacy", ""]
+        if record is None:
+            lines += ["The served head is trained without differential privacy.", ""]
+        else:
+            lines += [
+                "The served head's linear layer is trained with DP-SGD (Opacus), private per"
+                " **user**:",
+                f"(ε = {record['epsilon_spent']:.3f} of target {record['epsilon']},"
+                f" δ = {record['delta']:.2g}), {record['accountant'].upper()} accountant, noise"
+                f" multiplier {record['noise_multiplier']:.3f}, per-user gradient clipped to"
+                f" L2 norm {record['max_grad_norm']}, sample rate {record['sample_rate']:.4f},"
+                f" {record['epochs']} epochs = {record['steps']} steps over"
+                f" {record['users']} users ({record['sessions']} sessions). Each step samples"
+                f" users; a sampled user's gradient is the {record['user_gradient']}.",
+                "",
+                "Covered by ε: the head's weights, against adding or removing all of one"
+                " training user's sessions. Data-independent: the feature scaling (fixed"
+                " a-priori ranges), the projection of the embedding (seeded random"
+                " orthonormal, no PCA), no calibration (probabilities are **uncalibrated**;"
+                " ROC-AUC is unaffected). Not covered: the served snapshot's item and category"
+                " counts (aggregates over all users' events), hyperparameters chosen on the"
+                " valid window, and the other sections of this card (baselines, ablation)."
+                " Segments are not fitted (k-means is not private): every user is in"
+                " segment 0.",
+                "",
+            ]
+        if self.privacy is not None:
+            seeds = len(self.privacy.get("seeds", [])) or 1
+            lines += [
+                f"Cost of privacy on the test window (`{self.privacy['command']}`): the same",
+                "embeddings, each head fit on the train window; δ ="
+                f" {self.privacy['delta']:.2g}; differences paired against the non-private"
+                " head (1,000 shared resamples). DP-SGD is random: the last column is the"
+                f" range of ROC-AUC over {seeds} seeds (noise, sampling, projection).",
+                "",
+                "| head | ε | noise multiplier | clip | ROC-AUC [95%] | difference [paired 95%]"
+                " | seeds: min .. max |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for row in self.privacy["rows"]:
+                low, high = row["roc_auc_ci"]
+                eps = "∞" if row["epsilon"] is None else f"{row['epsilon']:g}"
+                noise = row.get("noise_multiplier")
+                spread = row.get("seed_roc_aucs")
+                spread = f"{min(spread):.3f} .. {max(spread):.3f}" if spread else "-"
+                lines.append(
+                    f"| {row['title']} | {eps} | {'-' if noise is None else f'{noise:.3f}'}"
+                    f" | {row.get('max_grad_norm') or '-'} | {row['roc_auc']:.3f} [{low:.3f},"
+                    f" {high:.3f}] | {_difference(row)} | {spread} |"
+                )
+            lines.append("")
+        return lines
 
     def markdown(self) -> str:
         profile = self.summary["profile"]
@@ -179,15 +242,16 @@ class Card:
             "## Exported encoder variants (checked against PyTorch on the whole test window)",
             "",
             "| variant | max abs diff of probability | ROC-AUC | change | records/s in-process"
-            " | alone vs in a batch | passed |",
-            "|---|---|---|---|---|---|---|",
+            " | alone vs in a batch | segment as PyTorch's | passed |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for v in self.variants:
             served = " (served)" if v["variant"] == self.served_variant else ""
             lines.append(
                 f"| {v['variant']}{served} | {v['probability_max_abs_diff']:.2e}"
                 f" | {v['roc_auc']:.4f} | {v['roc_auc_delta']:+.4f}"
-                f" | {v['records_per_s']:.0f} | {_batch(v)} | {'yes' if v['passed'] else 'no'} |"
+                f" | {v['records_per_s']:.0f} | {_batch(v)} | {_agreement(v)}"
+                f" | {'yes' if v['passed'] else 'no'} |"
             )
         lines += [
             "",
@@ -196,9 +260,11 @@ class Card:
             "and inside mixed, padded batches within 1e-6 (int8-dynamic cannot: its activation",
             "scales come from the whole batch; it is exported for comparison only). The",
             "repository serves the fastest variant that passed (records/s: one run of the",
-            "export; `make bench` compares them in alternating rounds).",
+            "export; `make bench` compares them in alternating rounds). The segment column is",
+            "reported, not a gate: a record near the border of two segments may cross it.",
             "",
             *self.segment_lines(),
+            *self.privacy_lines(),
             "## Training",
             "",
             "| setting | value |",
@@ -230,6 +296,20 @@ def _pretraining(summary: dict | None) -> str:
         f"{summary['epochs']} epoch on {summary['texts']} train-window texts,"
         f" loss {summary['first_loss']} -> {summary['last_loss']}, {summary['seconds']:.0f} s"
     )
+
+
+def _difference(row: dict) -> str:
+    """A privacy row's paired difference and interval; "-" for the reference row itself."""
+    low, high = row["difference_ci"]
+    if row["difference"] == 0 and low == high == 0:
+        return "-"
+    return f"{row['difference']:+.4f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _agreement(variant: dict) -> str:
+    """The share of records a variant puts in PyTorch's segment, or "-" if not measured."""
+    value = variant.get("segment_agreement")
+    return "-" if value is None else f"{value:.2%}"
 
 
 def _batch(variant: dict) -> str:

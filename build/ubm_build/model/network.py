@@ -78,6 +78,10 @@ class Head(nn.Module):
     projection come from the training set (`fit`), the calibration from the validation window
     (identity until fitted). Before `fit` the projection is random, so a test model's output
     depends on its embedding.
+
+    The head also places the user in a segment: the nearest of its k-means ``centroids`` in
+    the same components (`ubm_build.model.segments`). Until they are fitted there is one
+    centroid, the origin: every user is in segment 0.
     """
 
     def __init__(self, hidden_size: int, n_features: int, components: int) -> None:
@@ -89,6 +93,16 @@ class Head(nn.Module):
         self.register_buffer("projection", torch.randn(hidden_size, components) / hidden_size**0.5)
         self.register_buffer("calibration_scale", torch.ones(()))
         self.register_buffer("calibration_bias", torch.zeros(()))
+        self.register_buffer("centroids", torch.zeros(1, components))
+
+    def set_centroids(self, centroids: np.ndarray) -> None:
+        """Segment centroids, float [k, components]."""
+        if centroids.ndim != 2 or centroids.shape[1] != self.projection.shape[1]:
+            raise ValueError(
+                f"centroids must have shape [k, {self.projection.shape[1]}],"
+                f" got {list(centroids.shape)}"
+            )
+        self.centroids = torch.from_numpy(centroids.astype(np.float32))
 
     def fit_feature_scaling(self, features: np.ndarray) -> None:
         """Standardise with the training set's statistics.
@@ -136,6 +150,13 @@ class Head(nn.Module):
         """Calibrated purchase probability, shape [batch, 1]."""
         logit = self.logit(embedding, features) * self.calibration_scale + self.calibration_bias
         return torch.sigmoid(logit).unsqueeze(-1)
+
+    def segment(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest centroid (int32 [batch, 1]) and the distance to it (float32 [batch, 1])."""
+        differences = self.components(embedding).unsqueeze(1) - self.centroids.unsqueeze(0)
+        distances = differences.pow(2).sum(-1).sqrt()
+        nearest = distances.argmin(1, keepdim=True)
+        return nearest.to(torch.int32), distances.gather(1, nearest)
 
 
 class Encoder(nn.Module):
@@ -218,7 +239,12 @@ class BehaviourModel(nn.Module):
         spec = ModelSpec(**json.loads((directory / "ubm_model.json").read_text()))
         bert = BertModel.from_pretrained(directory / "encoder", add_pooling_layer=False)
         model = cls._assemble(bert, spec)
-        model.head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
+        state = torch.load(directory / "head.pt", weights_only=True)
+        if "centroids" in state:  # any k; a head saved before segments keeps the origin
+            model.head.centroids = torch.empty_like(state["centroids"])
+        else:
+            state["centroids"] = model.head.centroids
+        model.head.load_state_dict(state)
         return model.eval()
 
 

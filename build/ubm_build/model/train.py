@@ -6,7 +6,8 @@ predict the test window.
    a logistic regression on its own features (README, Model quality), at ten times the cost.
 2. Every example's inputs are read point-in-time (its own day's snapshot) and embedded once.
 3. The head (`network.Head`) is fit on the train window's embeddings and features, and
-   Platt-calibrated on the validation window's logits.
+   Platt-calibrated on the validation window's logits. With ``dp_epsilon`` set, the head is
+   fit by DP-SGD per user instead, on data-independent transforms, uncalibrated (`privacy`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ubm_build.data.point_in_time import (
 )
 from ubm_build.inputs import snapshot
 from ubm_build.inputs.model_inputs import ModelInputs, RecordReader
+from ubm_build.model import privacy
 from ubm_build.model.network import BehaviourModel, Head, load_tokenizer
 from ubm_build.model.pretrain import pretrain
 
@@ -57,6 +59,13 @@ class Profile:
     batch_size: int = 16
     """Masked-LM batch size."""
     seed: int = 0
+    dp_epsilon: float | None = None
+    """Fit the head by DP-SGD to this ε per user (`privacy`); None: not private."""
+    dp_delta: float | None = None
+    """δ of the DP guarantee; None: `privacy.default_delta` of the training users."""
+
+    def __post_init__(self) -> None:
+        privacy.check_profile(self.pretrain_epochs, self.dp_epsilon, self.dp_delta)
 
 
 PROFILES = {
@@ -153,6 +162,31 @@ def embed_windows(
     return out
 
 
+def training_windows(
+    profile: Profile, examples: dict[str, list[Example]]
+) -> dict[str, Sequence[Example]]:
+    """The profile's (subsampled) train window, and the valid and test windows."""
+    windows = {"train": subsample(examples["train"], profile.max_train_examples, profile.seed)}
+    return windows | {name: examples[name] for name in ("valid", "test")}
+
+
+def served_reader(profile: Profile, base_model: Path, snapshots: DailySnapshots) -> RecordReader:
+    """How the served model reads records: the snapshot as of the test window's start."""
+    return RecordReader(
+        load_tokenizer(base_model),
+        profile.max_length,
+        snapshots.at(SERVING_AS_OF),
+        profile.snapshot_words,
+    )
+
+
+def dp_config(profile: Profile) -> privacy.DPConfig:
+    """The DP-SGD settings of a private profile."""
+    if profile.dp_epsilon is None:
+        raise ValueError(f"profile {profile.name} is not differentially private")
+    return privacy.DPConfig(profile.dp_epsilon, profile.dp_delta, seed=profile.seed)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: BehaviourModel
@@ -178,8 +212,7 @@ def train(
     `out_dir` with the snapshot as of the test window's start (what is served)."""
     started = time.perf_counter()
     snapshots = DailySnapshots(log)
-    windows = {"train": subsample(examples["train"], profile.max_train_examples, profile.seed)}
-    windows |= {name: examples[name] for name in ("valid", "test")}
+    windows = training_windows(profile, examples)
     encoder_dir, pretrained = base_model, None
     if profile.pretrain_epochs:
         texts = point_in_time_texts(
@@ -205,22 +238,24 @@ def train(
         snapshot_words=profile.snapshot_words,
         seed=profile.seed,
     )
-    reader = RecordReader(
-        load_tokenizer(base_model),
-        profile.max_length,
-        snapshots.at(SERVING_AS_OF),
-        profile.snapshot_words,
-    )
+    reader = served_reader(profile, base_model, snapshots)
     embed_started = time.perf_counter()
     embedded = embed_windows(model, reader, windows, snapshots)
     embed_s = time.perf_counter() - embed_started
-    fit = embedded["train"]
-    model.head.fit(fit.embeddings, fit.inputs.features, fit.labels, c=profile.head_c)
+    fit, dp_record = embedded["train"], None
+    if profile.dp_epsilon is None:
+        model.head.fit(fit.embeddings, fit.inputs.features, fit.labels, c=profile.head_c)
+    else:  # private: data-independent transforms, DP-SGD, no calibration
+        users = [ex.user for ex in fit.examples]
+        config = dp_config(profile)
+        args = (fit.embeddings, fit.inputs.features, fit.labels, users, config)
+        dp_record = privacy.fit_private(model.head, *args)
     logits = {
         name: head_logits(model.head, e.embeddings, e.inputs.features)
         for name, e in embedded.items()
     }
-    fit_calibration(model, logits["valid"], embedded["valid"].labels)
+    if dp_record is None:
+        fit_calibration(model, logits["valid"], embedded["valid"].labels)
     with torch.inference_mode():
         test = embedded["test"]
         test_probabilities = (
@@ -247,6 +282,8 @@ def train(
         "test_roc_auc": float(roc_auc_score(test.labels, test_probabilities)),
         "snapshot_as_of": reader.snapshot.as_of,
     }
+    if dp_record is not None:
+        summary["privacy"] = dp_record
     return TrainResult(
         model, summary, logits["test"], test_probabilities, embedded, reader, snapshots
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from tritonclient.utils import InferenceServerException
 
-from ubm import contract
+from ubm import contract, pseudonyms
 from ubm.config import TlsConfig, channel_options
 from ubm_build import options
 from ubm_build.serving import rollout, server, versions
@@ -67,6 +67,12 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--token-file",
     type=_file,
     help=f"File holding the token clients must send (else ${contract.TOKEN_ENV}, if set).",
+)
+@click.option(
+    "--pseudonym-key-file",
+    type=_file,
+    help="The key a model built on pseudonymised ids needs (a file others cannot read; else"
+    f" ${pseudonyms.KEY_FILE_ENV}, if set). Never put it in the model repository.",
 )
 @click.option("--detach", is_flag=True, help="Return once ready and leave the server running.")
 @click.option(

@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 import ubm.contract
+import ubm.pseudonyms
 import ubm.records
 from ubm import contract
 from ubm.records import parse_record
@@ -115,6 +116,9 @@ class RepositorySpec:
     """Where the encoder runs: "cpu" or "cuda" (one of `target.devices`)."""
     max_batch_size: int = contract.MAX_BATCH_SIZE
     tuning: Tuning = Tuning()
+    pseudonym_key: str | None = None
+    """The fingerprint of the key the model's ids were pseudonymised with (`ubm.pseudonyms`):
+    ``preprocess`` then needs that key and pseudonymises every record's ids."""
 
     def __post_init__(self) -> None:
         if (
@@ -143,6 +147,7 @@ class RepositorySpec:
 SERVED_MODULES = (
     ubm.records,
     ubm.contract,
+    ubm.pseudonyms,
     behaviour_text,
     features,
     snapshot,
@@ -297,6 +302,8 @@ def model_configs(
     records = _tensor(contract.RECORDS, "TYPE_STRING", [1])
     embedding = _tensor(contract.EMBEDDING, "TYPE_FP32", [spec.hidden_size])
     probability = _tensor(contract.PURCHASE_PROBABILITY, "TYPE_FP32", [1])
+    segment = _tensor(contract.SEGMENT, "TYPE_INT32", [1])
+    segment_distance = _tensor(contract.SEGMENT_DISTANCE, "TYPE_FP32", [1])
     feature_tensor = _tensor(contract.FEATURES, "TYPE_FP32", [spec.n_features])
 
     def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
@@ -321,7 +328,7 @@ def model_configs(
             "platform": "ensemble",
             "max_batch_size": spec.max_batch_size,
             "input": [records],
-            "output": [probability, embedding],
+            "output": [probability, embedding, segment, segment_distance],
             "ensemble_scheduling": {
                 "step": [
                     step(
@@ -336,6 +343,8 @@ def model_configs(
                         {
                             contract.PURCHASE_PROBABILITY: contract.PURCHASE_PROBABILITY,
                             contract.HEAD_EMBEDDING: contract.EMBEDDING,
+                            contract.SEGMENT: contract.SEGMENT,
+                            contract.SEGMENT_DISTANCE: contract.SEGMENT_DISTANCE,
                         },
                     ),
                 ]
@@ -353,6 +362,11 @@ def model_configs(
                 {
                     contract.PARAM_MAX_LENGTH: spec.max_length,
                     contract.PARAM_SNAPSHOT_WORDS: int(spec.snapshot_words),
+                    **(
+                        {contract.PARAM_PSEUDONYM_KEY: spec.pseudonym_key}
+                        if spec.pseudonym_key
+                        else {}
+                    ),
                 }
             ),
             "model_warmup": warmup.model_warmup(contract.PREPROCESS, spec),
@@ -376,7 +390,12 @@ def model_configs(
             contract.HEAD,
             spec,
             [embedding, feature_tensor],
-            [probability, _tensor(contract.HEAD_EMBEDDING, "TYPE_FP32", [spec.hidden_size])],
+            [
+                probability,
+                _tensor(contract.HEAD_EMBEDDING, "TYPE_FP32", [spec.hidden_size]),
+                segment,
+                segment_distance,
+            ],
             Engine.ONNXRUNTIME,
             "cpu",
             1,
@@ -430,10 +449,13 @@ def write_repository(
         keep_versions: versions kept on disk, this one included.
 
     Raises:
-        ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary, or a GPU
-            encoder comes with canary records but no `canary_encoder`.
+        ValueError: `spec.vocab_size` is smaller than the tokenizer's vocabulary, a GPU
+            encoder comes with canary records but no `canary_encoder`, or a pseudonymised
+            build (`spec.pseudonym_key`) without canary records to warm up on.
     """
     on_gpu = spec.device == "cuda"
+    if spec.pseudonym_key and not canary_records:
+        raise ValueError("a pseudonymised build needs canary records (its warm-up records)")
     if on_gpu and canary_records and canary_encoder is None:
         raise ValueError("a GPU encoder's canary scores need canary_encoder (the fp32 ONNX)")
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
@@ -480,7 +502,11 @@ def write_repository(
                 shutil.copy2(TRITON_MODELS / neighbour, directory / neighbour)
             shutil.copy2(ubm.contract.__file__, directory / "contract.py")
         _copy_encoder_file(source, engine, directory)
-    warmup.write_warmup_data(out, spec, reader)
+    # A pseudonymised build warms up on its own (pseudonymised) canary records: the example
+    # file holds raw ids.
+    warmup.write_warmup_data(
+        out, spec, reader, records=list(canary_records) if spec.pseudonym_key else None
+    )
     canary = list(canary_records)
     if on_gpu:
         expected = _canary_scores(canary_encoder, head_onnx, reader, canary)

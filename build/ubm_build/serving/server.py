@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytriton
 
-from ubm import contract
+from ubm import contract, pseudonyms
 from ubm_build.serving.settings import Ports, ServeSettings, TlsSettings, free_port
 
 __all__ = ["Ports", "ServerError", "TritonServer", "free_port"]
@@ -327,6 +327,9 @@ class TritonServer:
             verbose=settings.verbose,
             tls=settings.tls,
             token=settings.token,
+            env={pseudonyms.KEY_FILE_ENV: str(settings.pseudonym_key_file)}
+            if settings.pseudonym_key_file
+            else None,
         )
 
     @property

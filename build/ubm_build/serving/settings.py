@@ -1,4 +1,4 @@
-"""One configuration of `ubm-build serve`: ports, TLS, token, time limits.
+"""One configuration of `ubm-build serve`: ports, TLS, token, pseudonym key, time limits.
 
 Values come from a TOML file (``--config``), then from the environment (ports, ``UBM_TOKEN``),
 then from the command line, each overriding the one before. `ServeSettings.describe` is what
@@ -14,6 +14,7 @@ A config file::
     tls_key = "/etc/ubm/server.key"
     tls_client_ca = "/etc/ubm/clients-ca.crt"   # mutual TLS: clients need a certificate
     token_file = "/etc/ubm/token"              # clients must send this token
+    pseudonym_key_file = "/etc/ubm/pseudonym-key"  # for a model built on pseudonymised ids
     startup_timeout_s = 180
 
 Relative paths in the file are relative to the file.
@@ -30,7 +31,7 @@ from typing import Any
 
 import tomllib
 
-from ubm import contract
+from ubm import contract, pseudonyms
 
 TOKEN_ENV = contract.TOKEN_ENV
 MIN_TOKEN_CHARS = 16
@@ -131,6 +132,9 @@ class ServeSettings:
     token: str | None = field(default=None, repr=False)
     token_source: str | None = None
     """Where the token came from ("file PATH" or "UBM_TOKEN"), for `describe`."""
+    pseudonym_key_file: Path | None = None
+    """The key file ``preprocess`` reads (`ubm.pseudonyms`), checked when the settings are
+    built; the server finds it through `pseudonyms.KEY_FILE_ENV`."""
     startup_timeout_s: float = 180.0
     verbose: bool = False
 
@@ -151,6 +155,9 @@ class ServeSettings:
             if self.tls is None
             else {k: None if v is None else str(v) for k, v in asdict(self.tls).items()},
             "token": f"required (from {self.token_source})" if self.token else "off",
+            "pseudonym_key_file": str(self.pseudonym_key_file)
+            if self.pseudonym_key_file
+            else "none",
             "model_control": "explicit",
             "startup_timeout_s": self.startup_timeout_s,
         }
@@ -168,11 +175,20 @@ FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_key": str,
     "tls_client_ca": str,
     "token_file": str,
+    "pseudonym_key_file": str,
     "startup_timeout_s": (int, float),
     "verbose": bool,
 }
 """The settings a config file may hold, with the TOML type each takes."""
-PATH_KEYS = {"repository", "run_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file"}
+PATH_KEYS = {
+    "repository",
+    "run_dir",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "token_file",
+    "pseudonym_key_file",
+}
 PORT_KEYS = {"grpc_port", "http_port", "metrics_port"}
 TOML_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
@@ -212,7 +228,8 @@ def build_settings(
 ) -> ServeSettings:
     """`ServeSettings` from flat values (config file keys, later ones already merged in).
 
-    The token comes from ``token_file``, else from the `TOKEN_ENV` environment variable.
+    The token comes from ``token_file``, else from the `TOKEN_ENV` environment variable; the
+    pseudonym key file likewise from ``pseudonym_key_file``, else `pseudonyms.KEY_FILE_ENV`.
     Ports not given come from UBM_GRPC_PORT etc. (see `Ports.from_env`).
 
     Raises:
@@ -239,6 +256,12 @@ def build_settings(
         token, source = read_token(values["token_file"]), f"file {values['token_file']}"
     elif environ.get(TOKEN_ENV):
         token, source = check_token(environ[TOKEN_ENV], TOKEN_ENV), TOKEN_ENV
+    key_file = values.get("pseudonym_key_file") or environ.get(pseudonyms.KEY_FILE_ENV)
+    if key_file:
+        try:
+            pseudonyms.read_key(key_file)
+        except pseudonyms.PseudonymKeyError as e:
+            raise SettingsError(str(e)) from e
     settings = ServeSettings(
         repository=Path(values["repository"]),
         run_dir=Path(values["run_dir"]),
@@ -246,6 +269,7 @@ def build_settings(
         tls=tls,
         token=token,
         token_source=source,
+        pseudonym_key_file=Path(key_file).resolve() if key_file else None,
     )
     overrides = {
         f.name: values[f.name]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,15 +108,22 @@ def model_warmup(model: str, spec: RepositorySpec) -> list[dict]:
 
 
 def sample_arrays(
-    spec: RepositorySpec, reader: RecordReader, records_path: Path = paths.EXAMPLE_RECORDS
+    spec: RepositorySpec,
+    reader: RecordReader,
+    records_path: Path = paths.EXAMPLE_RECORDS,
+    records: Sequence[dict] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """One record's inputs of each model, by model and tensor name, as the data files hold them.
 
+    The record is one of `records`, if given, else of the JSONL file `records_path`.
+
     Raises:
-        ValueError: `records_path` holds no record, or the features are not `spec.n_features`
-            wide.
+        ValueError: no record, or the features are not `spec.n_features` wide.
     """
-    lines = [line for line in records_path.read_bytes().splitlines() if line.strip()]
+    if records is not None:
+        lines = [json.dumps(record).encode() for record in records]
+    else:
+        lines = [line for line in records_path.read_bytes().splitlines() if line.strip()]
     events = [parse_record_json(line).events for line in lines[:CANDIDATE_RECORDS]]
     if not events:
         raise ValueError(f"{records_path} holds no records for the warm-up samples")
@@ -152,14 +160,15 @@ def write_warmup_data(
     spec: RepositorySpec,
     reader: RecordReader,
     records_path: Path = paths.EXAMPLE_RECORDS,
+    records: Sequence[dict] | None = None,
 ) -> None:
     """Write the warm-up data files under the three steps' directories in `repository_dir`
-    (which must exist).
+    (which must exist), from one of `records` or of `records_path`'s.
 
     Raises:
         ValueError: see `sample_arrays`.
     """
-    for model, arrays in sample_arrays(spec, reader, records_path).items():
+    for model, arrays in sample_arrays(spec, reader, records_path, records).items():
         directory = repository_dir / model / WARMUP_DIR
         directory.mkdir(parents=True, exist_ok=True)
         for name, array in arrays.items():

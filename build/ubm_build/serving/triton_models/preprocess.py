@@ -1,12 +1,17 @@
 """Triton python-backend model `preprocess`: JSON records -> token ids and session features.
 
 The build copies this file to ``preprocess/<version>/model.py`` together with ``records.py``,
-``model_inputs.py``, ``behaviour_text.py``, ``features.py``, ``snapshot.py`` and ``drift.py``
-(the exact modules training used), ``contract.py``, ``responses.py``, the model's
-``tokenizer.json``, the item and category snapshot (``snapshot.npz``, loaded once at
+``model_inputs.py``, ``behaviour_text.py``, ``features.py``, ``snapshot.py``, ``drift.py`` and
+``pseudonyms.py`` (the exact modules training used), ``contract.py``, ``responses.py``, the
+model's ``tokenizer.json``, the item and category snapshot (``snapshot.npz``, loaded once at
 `initialize`) and the drift reference files (``drift.REFERENCE_FILE``,
 ``drift.SEEN_IDS_FILE``); the python backend puts that directory on ``sys.path``. Nothing else
 is imported: the repository serves without our packages installed.
+
+A model built on pseudonymised data (its config's ``pseudonym_key_fingerprint``) reads the key
+from the file ``UBM_PSEUDONYM_KEY_FILE`` names, refuses to load without it or with another key,
+and replaces each record's item and category ids by their pseudonyms before anything else
+reads them (ids that already are pseudonyms are kept).
 
 Each request of a dynamic batch is answered on its own: a bad record fails its own request with
 INVALID_ARG and ``record <i>: <why>`` (cut to `MAX_ERROR_CHARS`), an unexpected failure fails it
@@ -34,12 +39,14 @@ counters nor any unseen or reference gauge (one warning in the log). Cancelled r
 server errors count nowhere here (Triton's own ``nv_inference_request_failure`` counts them).
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
 import contract
 import drift
 import numpy as np
+import pseudonyms
 from model_inputs import ModelInputs, RecordReader, unseen_counts
 from records import ERROR_FIELDS, RecordError, parse_record_json
 from responses import error_response, log_failure
@@ -85,6 +92,34 @@ def records_of(rows: np.ndarray) -> list:
         except RecordError as e:
             raise e.at_record(i) from e
     return records
+
+
+def pseudonym_key(expected_fingerprint: str) -> bytes:
+    """The key in ``UBM_PSEUDONYM_KEY_FILE``; ValueError unless it has `expected_fingerprint`."""
+    key = pseudonyms.key_from_env()
+    if key is None:
+        raise ValueError(
+            "this model was built on pseudonymised ids: give the server its key file"
+            f" (ubm-serve serve --pseudonym-key-file, or {pseudonyms.KEY_FILE_ENV})"
+        )
+    if pseudonyms.fingerprint(key) != expected_fingerprint:
+        raise ValueError(
+            f"the pseudonym key in {pseudonyms.KEY_FILE_ENV} is not the one this model was built"
+            f" with (fingerprint {pseudonyms.fingerprint(key)}, expected {expected_fingerprint})"
+        )
+    return key
+
+
+def pseudonymised(key: bytes, events: tuple) -> tuple:
+    """`events` with their item and category ids replaced by their pseudonyms."""
+    return tuple(
+        dataclasses.replace(
+            event,
+            item=pseudonyms.pseudonym(key, "item", event.item),
+            category=pseudonyms.pseudonym(key, "category", event.category),
+        )
+        for event in events
+    )
 
 
 def inputs_of(reader: RecordReader, events: list) -> ModelInputs:
@@ -318,6 +353,8 @@ class TritonPythonModel:
         self.reader = RecordReader.from_directory(
             Path(__file__).parent, max_length=self.max_length, snapshot_words=words == "1"
         )
+        expected = parameters.get(contract.PARAM_PSEUDONYM_KEY, {}).get("string_value")
+        self.key = pseudonym_key(expected) if expected else None
         self.metrics = None
         self.metrics_failed = False
         if getattr(pb_utils, "MetricFamily", None) is not None:
@@ -338,6 +375,8 @@ class TritonPythonModel:
             rows = pb_utils.get_input_tensor_by_name(request, contract.RECORDS).as_numpy()
             records = records_of(rows)
             events = [record.events for record in records]
+            if self.key is not None:
+                events = [pseudonymised(self.key, record_events) for record_events in events]
             inputs = inputs_of(self.reader, events)
         except RecordError as e:
             reason, records = reason_of(e), rows.size

@@ -62,6 +62,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and .Values.token.enabled (not .Values.token.secretName) -}}
 {{- fail "token.enabled needs token.secretName (a Secret with the key token)" -}}
 {{- end -}}
+{{- if and .Values.pseudonymKey.enabled (not .Values.pseudonymKey.secretName) -}}
+{{- fail "pseudonymKey.enabled needs pseudonymKey.secretName (a Secret with the key key)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A probe: Triton's HTTP health endpoint, or `ubm-serve health` in the container under TLS
