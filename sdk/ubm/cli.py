@@ -443,9 +443,10 @@ def segments(
 
     \b
     Exit status:
-      0  every line was scored and summarised
-      1  some lines could not be scored (counted, left out of the summary)
-      2  the server could not be reached or gave up; nothing is printed
+      0    every line was scored and summarised
+      1    some lines could not be scored (counted, left out of the summary)
+      2    the server could not be reached or gave up; nothing is printed
+      130  interrupted (Ctrl-C); nothing is printed
     """
     summary = SegmentSummary()
     try:
@@ -459,6 +460,9 @@ def segments(
     except UbmError as e:
         click.echo(f"ubm-client: giving up at {connection.url}: {type(e).__name__}: {e}", err=True)
         ctx.exit(EXIT_SERVER_FAILED)
+    except KeyboardInterrupt:
+        click.echo("ubm-client: interrupted", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
     if as_json:
         described = {"segments": summary.rows(), "scored": summary.scored, "failed": summary.failed}
         click.echo(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
