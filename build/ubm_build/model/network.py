@@ -153,10 +153,18 @@ class Head(nn.Module):
 
     def segment(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest centroid (int32 [batch, 1]) and the distance to it (float32 [batch, 1])."""
-        differences = self.components(embedding).unsqueeze(1) - self.centroids.unsqueeze(0)
-        distances = differences.pow(2).sum(-1).sqrt()
-        nearest = distances.argmin(1, keepdim=True)
-        return nearest.to(torch.int32), distances.gather(1, nearest)
+        return nearest_centroid(self.components(embedding), self.centroids)
+
+
+def nearest_centroid(
+    points: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's nearest centroid (int32 [n, 1]) and its Euclidean distance (float [n, 1]):
+    what the served head computes, and `segments.Segmentation.assign` with it."""
+    differences = points.unsqueeze(1) - centroids.unsqueeze(0)
+    distances = differences.pow(2).sum(-1).sqrt()
+    nearest = distances.argmin(1, keepdim=True)
+    return nearest.to(torch.int32), distances.gather(1, nearest)
 
 
 class Encoder(nn.Module):

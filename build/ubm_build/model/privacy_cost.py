@@ -41,7 +41,7 @@ from ubm_build import data, paths
 from ubm_build.data.point_in_time import DailySnapshots, EventLog
 from ubm_build.model import privacy, quality, train
 from ubm_build.model.card import Card
-from ubm_build.model.network import DEFAULT_BASE_MODEL, BehaviourModel, Head, ModelSpec
+from ubm_build.model.network import DEFAULT_BASE_MODEL, Head, ModelSpec
 
 DEFAULT_EPSILONS = (1.0, 3.0, 8.0)
 DEFAULT_OUT = paths.RESULTS / "privacy.json"
@@ -171,13 +171,7 @@ def embed_profile(
         raise ValueError("privacy_cost needs a profile without masked-LM pretraining")
     snapshots = DailySnapshots(EventLog.read(csv))
     windows = train.training_windows(profile, data.examples_by_window(csv))
-    model = BehaviourModel.from_base(
-        base_model,
-        profile.max_length,
-        text_components=profile.text_components,
-        snapshot_words=profile.snapshot_words,
-        seed=profile.seed,
-    )
+    model = train.new_model(profile, base_model)
     reader = train.served_reader(profile, base_model, snapshots)
     return train.embed_windows(model, reader, windows, snapshots), model.spec
 

@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from ubm_build.data import Example
 from ubm_build.inputs.behaviour_text import EVENT_TYPES, split_session
+from ubm_build.model.network import nearest_centroid
 
 K_RANGE = range(3, 9)
 """k = 2 is left out: a segment and the rest describe no one."""
@@ -63,11 +65,12 @@ class Segmentation:
         return len(self.centroids)
 
     def assign(self, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's segment (int32) and its Euclidean distance to that centroid (float32)."""
-        differences = components[:, None, :] - self.centroids[None, :, :]
-        distances = np.linalg.norm(differences, axis=2)
-        segment = distances.argmin(1).astype(np.int32)
-        return segment, distances[np.arange(len(components)), segment].astype(np.float32)
+        """Each row's segment (int32) and its Euclidean distance to that centroid (float32),
+        computed as the served head computes them (`network.nearest_centroid`)."""
+        segment, distance = nearest_centroid(
+            torch.from_numpy(components.astype(np.float32)), torch.from_numpy(self.centroids)
+        )
+        return segment[:, 0].numpy(), distance[:, 0].numpy()
 
 
 def _cluster(points: np.ndarray, k: int, seed: int) -> KMeans:

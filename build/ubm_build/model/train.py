@@ -170,6 +170,18 @@ def training_windows(
     return windows | {name: examples[name] for name in ("valid", "test")}
 
 
+def new_model(profile: Profile, encoder_dir: Path) -> BehaviourModel:
+    """The BERT in `encoder_dir` (the base or the adapted one) and a fresh head, as `profile`
+    says."""
+    return BehaviourModel.from_base(
+        encoder_dir,
+        profile.max_length,
+        text_components=profile.text_components,
+        snapshot_words=profile.snapshot_words,
+        seed=profile.seed,
+    )
+
+
 def served_reader(profile: Profile, base_model: Path, snapshots: DailySnapshots) -> RecordReader:
     """How the served model reads records: the snapshot as of the test window's start."""
     return RecordReader(
@@ -231,13 +243,7 @@ def train(
             batch_size=profile.batch_size,
             seed=profile.seed,
         )
-    model = BehaviourModel.from_base(
-        encoder_dir,
-        profile.max_length,
-        text_components=profile.text_components,
-        snapshot_words=profile.snapshot_words,
-        seed=profile.seed,
-    )
+    model = new_model(profile, encoder_dir)
     reader = served_reader(profile, base_model, snapshots)
     embed_started = time.perf_counter()
     embedded = embed_windows(model, reader, windows, snapshots)
